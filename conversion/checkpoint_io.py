@@ -1,0 +1,59 @@
+"""Reading foreign checkpoints safely (safetensors, or `torch.load(weights_only=True)`) and loading them strictly."""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+# Containers that training frameworks wrap state dicts in (official Swin/UniCL: "model", Lightning: "state_dict").
+WRAPPER_KEYS = ("model", "state_dict", "module", "model_state_dict")
+FOLDER_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat `{name: tensor}` from a `.safetensors`/`.pth`/`.bin` file or a Transformers model folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in FOLDER_WEIGHT_FILES:
+            if (path / name).is_file():
+                return load_state_dict(path / name)
+        raise FileNotFoundError(f"{path} is a folder without {' or '.join(FOLDER_WEIGHT_FILES)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a weights file"
+        raise ValueError(f"{path} is not a PyTorch weights file readable with weights_only=True: {error}") from error
+    for key in WRAPPER_KEYS:
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return checkpoint
+
+
+def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keep the entries under `prefix`, without it."""
+    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source_format: str) -> None:
+    """Load every weight or fail naming what did not match: a partial load would silently give garbage."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in set(expected) & set(state_dict)
+        if state_dict[key].shape != expected[key].shape
+    )
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"The checkpoint does not match the {source_format} format it was read as: "
+            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}, wrong shapes {wrong_shape[:8]}"
+        )
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,179 @@
+"""Convert a Swin Transformer checkpoint (timm, official Swin / UniCL, or Transformers `SwinModel`) to a
+`FlorenceVisionModel` folder in Swin mode (`patch_embed="linear"`, `downsample="merge"`).
+
+The architecture is read from the tensor shapes, so no config is needed:
+
+    python conversion/convert_swin.py --checkpoint swin_tiny_patch4_window7_224.pth --output coswin-swin-t
+"""
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from conversion.checkpoint_io import load_state_dict, load_strict, strip_prefix  # noqa: E402
+from modeling_florence import FlorenceVisionConfig, FlorenceVisionModel  # noqa: E402
+
+FORMATS = ("auto", "timm", "official", "transformers", "unicl")
+# Buffers and classifier heads that have no counterpart in the encoder.
+IGNORED = re.compile(r"(^|\.)(relative_position_index|attn_mask)$|^(head|classifier|pooler)\.")
+
+# Transformers Swin block names -> ours (timm/official already use ours). Both the names of Hub checkpoints
+# (`attention.self.query`, ...) and those of Transformers 5 modules (`attention.q_proj`, ...) are read.
+BLOCK_RENAMES = {
+    "layernorm_before": "norm1",
+    "attention.self.relative_position_bias_table": "attn.relative_position_bias_table",
+    "attention.relative_position_bias.relative_position_bias_table": "attn.relative_position_bias_table",
+    "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
+    "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+QKV_NAMES = {"query": "q", "key": "k", "value": "v", "q_proj": "q", "k_proj": "k", "v_proj": "v"}
+
+
+def detect_format(state_dict: dict[str, torch.Tensor]) -> str:
+    keys = set(state_dict)
+    if any(k.startswith("image_encoder.") or k.startswith("visual.layers.") for k in keys):
+        return "unicl"
+    if any("patch_embeddings.projection.weight" in k for k in keys):
+        return "transformers"
+    if "patch_embed.proj.weight" in keys:
+        # Official Swin (and timm < 0.9) downsample at the END of stages 0-2; timm >= 0.9 at the START of 1-3.
+        return "official" if any(k.startswith("layers.0.downsample.") for k in keys) else "timm"
+    raise ValueError(
+        "Not a Swin checkpoint: found none of 'patch_embed.proj.weight' (timm/official), "
+        "'embeddings.patch_embeddings.projection.weight' (Transformers) or 'image_encoder.' (UniCL) among keys "
+        f"such as {sorted(keys)[:5]}"
+    )
+
+
+def _from_transformers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if any(k.startswith("swin.") for k in state_dict):
+        state_dict = strip_prefix(state_dict, "swin.")
+    converted = {}
+    qkv_parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        if IGNORED.search(key):
+            continue
+        key = key.replace("embeddings.patch_embeddings.projection", "embeddings.projection")
+        match = re.match(r"encoder\.layers\.(\d+)\.(blocks\.\d+|downsample)\.(.+)", key)
+        if match:
+            stage, part, name = int(match.group(1)), match.group(2), match.group(3)
+            if part == "downsample":
+                converted[f"stages.{stage + 1}.downsample.{name}"] = value
+                continue
+            qkv = re.match(r"attention\.(?:self\.)?(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$", name)
+            if qkv:
+                target = f"stages.{stage}.{part}.attn.qkv.{qkv.group(2)}"
+                qkv_parts.setdefault(target, {})[QKV_NAMES[qkv.group(1)]] = value
+                continue
+            for old, new in BLOCK_RENAMES.items():
+                if name == old or name.startswith(old + "."):
+                    name = new + name[len(old) :]
+                    break
+            converted[f"stages.{stage}.{part}.{name}"] = value
+            continue
+        converted[key] = value
+    for target, parts in qkv_parts.items():
+        converted[target] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return converted
+
+
+def _from_timm_or_official(state_dict: dict[str, torch.Tensor], downsample_at_end: bool) -> dict[str, torch.Tensor]:
+    converted = {}
+    for key, value in state_dict.items():
+        if IGNORED.search(key):
+            continue
+        key = key.replace("patch_embed.proj.", "embeddings.projection.").replace("patch_embed.norm.", "embeddings.norm.")
+        match = re.match(r"layers\.(\d+)\.downsample\.(.+)", key)
+        if match:
+            stage = int(match.group(1)) + (1 if downsample_at_end else 0)
+            converted[f"stages.{stage}.downsample.{match.group(2)}"] = value
+            continue
+        key = re.sub(r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks.", key)
+        key = re.sub(r"^norm\.", "layernorm.", key)
+        converted[key] = value
+    return converted
+
+
+def to_florence_state_dict(state_dict: dict[str, torch.Tensor], source_format: str = "auto"):
+    """Rename a Swin state dict to `FlorenceVisionModel` names; returns `(state_dict, detected_format)`."""
+    detected = detect_format(state_dict)
+    if source_format not in FORMATS:
+        raise ValueError(f"Unknown format {source_format!r}; choose one of {FORMATS}")
+    if source_format != "auto" and source_format != detected:
+        raise ValueError(f"The checkpoint looks like the {detected!r} format, not {source_format!r} as claimed")
+    if detected == "transformers":
+        return _from_transformers(state_dict), detected
+    if detected == "unicl":
+        prefix = "image_encoder." if any(k.startswith("image_encoder.") for k in state_dict) else "visual."
+        return _from_timm_or_official(strip_prefix(state_dict, prefix), downsample_at_end=True), detected
+    return _from_timm_or_official(state_dict, downsample_at_end=detected == "official"), detected
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> FlorenceVisionConfig:
+    """Read the Swin architecture off a state dict already in Florence names."""
+    projection = state_dict["embeddings.projection.weight"]
+    stages = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"stages\.(\d+)\.blocks\.", k))})
+    depths = [
+        len({int(m.group(1)) for k in state_dict if (m := re.match(rf"stages\.{s}\.blocks\.(\d+)\.", k))})
+        for s in stages
+    ]
+    num_heads = [state_dict[f"stages.{s}.blocks.0.attn.relative_position_bias_table"].shape[1] for s in stages]
+    table_rows = state_dict["stages.0.blocks.0.attn.relative_position_bias_table"].shape[0]
+    window_size = (math.isqrt(table_rows) + 1) // 2
+    fc1 = state_dict["stages.0.blocks.0.mlp.fc1.weight"]
+    config = dict(
+        embed_dim=projection.shape[0],
+        num_channels=projection.shape[1],
+        patch_size=projection.shape[-1],
+        depths=depths,
+        num_heads=num_heads,
+        window_size=window_size,
+        mlp_ratio=fc1.shape[0] / fc1.shape[1],
+        qkv_bias="stages.0.blocks.0.attn.qkv.bias" in state_dict,
+        patch_embed="linear",
+        downsample="merge",
+    )
+    config.update(overrides)
+    return FlorenceVisionConfig(**config)
+
+
+def convert_swin(checkpoint: str | Path, source_format: str = "auto", **config_overrides) -> FlorenceVisionModel:
+    """Load a Swin checkpoint into a `FlorenceVisionModel`, failing loudly on any mismatch."""
+    state_dict, detected = to_florence_state_dict(load_state_dict(checkpoint), source_format)
+    config = infer_config(state_dict, **config_overrides)
+    model = FlorenceVisionModel(config)
+    load_strict(model, state_dict, f"Swin ({detected})")
+    return model.eval()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="state dict file (.pth/.bin/.safetensors) or model folder")
+    parser.add_argument("--output", required=True, help="folder to write the FlorenceVisionModel to")
+    parser.add_argument("--format", default="auto", choices=FORMATS)
+    parser.add_argument("--image-size", type=int, default=224, help="training resolution recorded in the config")
+    parser.add_argument("--drop-path-rate", type=float, default=0.1, help="stochastic depth for later fine-tuning")
+    args = parser.parse_args(argv)
+    model = convert_swin(
+        args.checkpoint, args.format, image_size=args.image_size, drop_path_rate=args.drop_path_rate
+    )
+    model.save_pretrained(args.output)
+    config = model.config
+    print(
+        f"Wrote {args.output}: Swin embed_dim={config.embed_dim} depths={config.depths} heads={config.num_heads} "
+        f"window={config.window_size} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+# Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""Florence for Transformers: CoSwin + UniCL two-tower model, processors and data, registered with the Auto classes."""
+
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+)
+
+from .configuration_florence import (
+    FlorenceConfig,
+    FlorenceTextConfig,
+    FlorenceVisionConfig,
+    available_presets,
+    load_preset,
+)
+from .modeling_coswin import (
+    FlorenceVisionBackbone,
+    FlorenceVisionModel,
+    FlorenceVisionModelOutput,
+    FlorenceVisionPreTrainedModel,
+)
+from .modeling_florence import (
+    FlorenceModel,
+    FlorenceOutput,
+    FlorencePreTrainedModel,
+    FlorenceTextModel,
+    unicl_loss,
+)
+
+__version__ = "0.1.0"
+
+
+def _register_auto_classes() -> None:
+    """Make `AutoConfig`, `AutoModel`, `AutoBackbone` and the zero-shot Auto class know the Florence model types."""
+    for config_class in (FlorenceVisionConfig, FlorenceTextConfig, FlorenceConfig):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(FlorenceVisionConfig, FlorenceVisionModel, exist_ok=True)
+    AutoModel.register(FlorenceTextConfig, FlorenceTextModel, exist_ok=True)
+    AutoModel.register(FlorenceConfig, FlorenceModel, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(FlorenceConfig, FlorenceModel, exist_ok=True)
+    AutoBackbone.register(FlorenceVisionConfig, FlorenceVisionBackbone, exist_ok=True)
+
+
+_register_auto_classes()
+
+# --- processors, tokenizer and data (issue 3) register below ---

@@ -1,0 +1,222 @@
+# Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""Configurations of the Florence two-tower model: the CoSwin image tower, the CLIP-style text tower and the pair.
+
+Field names follow Transformers' `SwinConfig` and `CLIPTextConfig`, so code written for those reads ours unchanged.
+Named presets (``coswin-t`` ... ``florence-huge``) are JSON files shipped with the package; see
+:func:`load_preset`.
+"""
+
+import json
+from pathlib import Path
+
+from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
+
+PATCH_EMBED_CHOICES = ("conv", "linear")
+DOWNSAMPLE_CHOICES = ("conv", "merge")
+
+
+class FlorenceVisionConfig(BackboneConfigMixin, PreTrainedConfig):
+    r"""
+    Configuration of the CoSwin image encoder ([`FlorenceVisionModel`]).
+
+    CoSwin is a Swin Transformer whose patch embedding and patch merging are CvT convolutional embeddings
+    (`patch_embed="conv"`, `downsample="conv"`). With `patch_embed="linear"` and `downsample="merge"` it is exactly a
+    plain Swin Transformer, so Swin, timm and UniCL weights load without loss.
+
+    Args:
+        embed_dim: channels after the patch embedding; stage `i` has `embed_dim * 2**i`.
+        depths: number of Swin blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: side of the square attention window (in tokens).
+        mlp_ratio: MLP hidden width as a multiple of the stage width.
+        qkv_bias: whether the fused `qkv` projection has a bias.
+        hidden_act: MLP activation.
+        hidden_dropout_prob, attention_probs_dropout_prob: dropout rates.
+        drop_path_rate: stochastic-depth rate, linearly increasing over all blocks.
+        layer_norm_eps: LayerNorm epsilon.
+        image_size: the training resolution (informative: the model runs at any resolution).
+        num_channels: input channels.
+        patch_size: stride of the first embedding (4 = Swin's patch 4). With `patch_embed="conv"` the kernel is
+            `2 * patch_size - 1` (7 for 4), as in CvT.
+        patch_embed: `"conv"` (CvT overlapping convolution) or `"linear"` (Swin's non-overlapping patches).
+        downsample: `"conv"` (CvT 3x3 stride-2 convolution) or `"merge"` (Swin's 2x2 patch merging).
+        out_features / out_indices: stages returned when used as a backbone (`stem`, `stage1`..`stage4`).
+    """
+
+    model_type = "florence_coswin"
+    base_config_key = "vision_config"
+    attribute_map = {"num_attention_heads": "num_heads", "num_hidden_layers": "num_layers"}
+
+    embed_dim: int = 96
+    depths: list[int] | tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: list[int] | tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float | int = 4.0
+    qkv_bias: bool = True
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    drop_path_rate: float | int = 0.1
+    layer_norm_eps: float = 1e-5
+    image_size: int | list[int] | tuple[int, int] = 224
+    num_channels: int = 3
+    patch_size: int = 4
+    patch_embed: str = "conv"
+    downsample: str = "conv"
+    initializer_range: float = 0.02
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        self.depths = list(self.depths)
+        self.num_heads = list(self.num_heads)
+        self.num_layers = len(self.depths)
+        # Channel width of the last stage; `hidden_size` is what generic Transformers code looks for.
+        self.hidden_size = int(self.embed_dim * 2 ** (len(self.depths) - 1))
+        self.stage_names = ["stem"] + [f"stage{idx}" for idx in range(1, len(self.depths) + 1)]
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
+        self.check_fields()
+        super().__post_init__(**kwargs)
+
+    @property
+    def stage_dims(self) -> list[int]:
+        return [self.embed_dim * 2**i for i in range(len(self.depths))]
+
+    def check_fields(self):
+        """Reject shapes that cannot build a model with a `ValueError` naming the offending field."""
+        if self.patch_embed not in PATCH_EMBED_CHOICES:
+            raise ValueError(f"patch_embed must be one of {PATCH_EMBED_CHOICES}, got {self.patch_embed!r}")
+        if self.downsample not in DOWNSAMPLE_CHOICES:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLE_CHOICES}, got {self.downsample!r}")
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError(
+                f"depths and num_heads must have the same length (one entry per stage), got depths={self.depths} "
+                f"and num_heads={self.num_heads}"
+            )
+        if len(self.depths) == 0 or any(d < 1 for d in self.depths):
+            raise ValueError(f"depths must list at least one stage, each with >= 1 block, got {self.depths}")
+        for stage, (dim, heads) in enumerate(zip(self.stage_dims, self.num_heads)):
+            if heads < 1 or dim % heads != 0:
+                raise ValueError(
+                    f"num_heads[{stage}]={heads} does not divide the stage width {dim} "
+                    f"(embed_dim={self.embed_dim} * 2**{stage})"
+                )
+        for name in ("embed_dim", "window_size", "patch_size", "num_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+
+
+class FlorenceTextConfig(PreTrainedConfig):
+    r"""
+    Configuration of the CLIP-style causal text transformer ([`FlorenceTextModel`]); field names follow
+    `CLIPTextConfig`. Defaults are UniCL's released text tower: width 512, 12 layers, 8 heads, 77 positions and the
+    CLIP BPE vocabulary (start 49406, end 49407).
+    """
+
+    model_type = "florence_text"
+    base_config_key = "text_config"
+
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    projection_dim: int | None = 512
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float | None = 1e-5
+    attention_dropout: int | float | None = 0.0
+    initializer_range: float = 0.02
+    initializer_factor: float | None = 1.0
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 49406
+    eos_token_id: int | None = 49407
+
+    def __post_init__(self, **kwargs):
+        self.check_fields()
+        super().__post_init__(**kwargs)
+
+    def check_fields(self):
+        """Reject shapes that cannot build a model with a `ValueError` naming the offending field."""
+        if self.num_attention_heads < 1 or self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} does not divide hidden_size={self.hidden_size}"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.eos_token_id is not None and not 0 <= self.eos_token_id < self.vocab_size:
+            raise ValueError(f"eos_token_id={self.eos_token_id} is outside the vocabulary (vocab_size={self.vocab_size})")
+
+
+class FlorenceConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`FlorenceModel`]: a CoSwin image tower and a text tower joined by bias-free linear projections
+    to `projection_dim`, compared with a learnable temperature initialised at `exp(logit_scale_init_value)`.
+    """
+
+    model_type = "florence"
+    sub_configs_defaults = {"vision_config": FlorenceVisionConfig, "text_config": FlorenceTextConfig}
+
+    vision_config: dict | FlorenceVisionConfig | None = None
+    text_config: dict | FlorenceTextConfig | None = None
+    projection_dim: int = 512
+    logit_scale_init_value: float | int = 2.6592
+    initializer_factor: float | None = 1.0
+
+    def __post_init__(self, **kwargs):
+        if self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be a positive integer, got {self.projection_dim}")
+        super().__post_init__(**kwargs)
+
+
+CONFIG_CLASSES = {cls.model_type: cls for cls in (FlorenceVisionConfig, FlorenceTextConfig, FlorenceConfig)}
+
+
+def presets_dir() -> Path:
+    """Folder holding the preset JSON files: the installed package data, else the repository's `configuration/`."""
+    installed = Path(__file__).resolve().parent / "presets"
+    if installed.is_dir():
+        return installed
+    repository = Path(__file__).resolve().parent.parent / "configuration"
+    if repository.is_dir():
+        return repository
+    raise FileNotFoundError(f"No presets folder found next to {__file__} (looked for {installed} and {repository})")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.json") if _preset_model_type(p) is not None)
+
+
+def _preset_model_type(path: Path):
+    try:
+        return json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def load_preset(name: str, **overrides) -> PreTrainedConfig:
+    """Return the config of a named preset (e.g. ``"coswin-t"``, ``"florence-base"``), with keyword overrides."""
+    path = presets_dir() / f"{name}.json"
+    model_type = _preset_model_type(path) if path.is_file() else None
+    if model_type not in CONFIG_CLASSES:
+        raise ValueError(f"Unknown preset {name!r}; available presets: {', '.join(available_presets())}")
+    config_dict = json.loads(path.read_text())
+    config_dict.pop("model_type")
+    config_dict.update(overrides)
+    return CONFIG_CLASSES[model_type](**config_dict)
+
+
+__all__ = [
+    "FlorenceConfig",
+    "FlorenceTextConfig",
+    "FlorenceVisionConfig",
+    "available_presets",
+    "load_preset",
+    "presets_dir",
+]

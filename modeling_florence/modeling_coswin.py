@@ -1,0 +1,521 @@
+# Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""CoSwin, Florence's image encoder: a Swin Transformer with CvT convolutional embeddings.
+
+Tokens stay in channels-last `(B, H, W, C)` layout inside the stages, as in timm, so window partitioning is a view
+and a permute. With `patch_embed="linear"` and `downsample="merge"` the network is exactly Swin (timm, official and
+Transformers' `SwinModel` weights load through `conversion/convert_swin.py` and reproduce their outputs).
+
+Any input resolution runs on one instance: feature maps that are not window multiples are zero-padded (after the
+first LayerNorm, before the cyclic shift, as the official detection Swin does), and a stage whose map is no larger
+than the window along one axis uses a window of the map's size there and no shift along it (timm's rule). The
+relative-position bias of such a smaller window is the exact sub-table of the learned one.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BackboneOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_florence import FlorenceVisionConfig
+
+# Value added to attention logits between tokens of different regions of a shifted window; the one Swin uses, kept
+# so masked softmax weights equal the peers' to the last bit.
+SHIFTED_WINDOW_MASK_VALUE = -100.0
+
+
+@dataclass
+class FlorenceVisionModelOutput(ModelOutput):
+    """
+    Output of [`FlorenceVisionModel`].
+
+    Args:
+        last_hidden_state: `(B, L, C)` tokens of the last stage after the final LayerNorm.
+        pooler_output: `(B, C)` global average of `last_hidden_state` (the image feature).
+        feature_maps: per-stage `(B, C_i, H_i, W_i)` maps (before the final LayerNorm) for dense heads.
+        hidden_states: with `output_hidden_states=True`, `(B, L_i, C_i)` tokens after the embedding and each stage.
+        attentions: with `output_attentions=True` (eager attention), per-block `(B * windows, heads, N, N)` weights.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    feature_maps: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a residual branch for whole samples, rescaling the kept ones."""
+    if drop_prob == 0.0 or not training:
+        return hidden_states
+    keep_prob = 1.0 - drop_prob
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+    return hidden_states * keep / keep_prob
+
+
+class FlorenceDropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return drop_path(hidden_states, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class FlorenceVisionEmbeddings(nn.Module):
+    """Patch embedding: CvT's overlapping convolution (`conv`) or Swin's non-overlapping patches (`linear`), then LN."""
+
+    def __init__(self, config: FlorenceVisionConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.num_channels = config.num_channels
+        self.mode = config.patch_embed
+        if self.mode == "conv":
+            kernel = 2 * config.patch_size - 1
+            padding = (kernel - config.patch_size + 1) // 2
+            self.projection = nn.Conv2d(config.num_channels, config.embed_dim, kernel, config.patch_size, padding)
+        else:
+            self.projection = nn.Conv2d(config.num_channels, config.embed_dim, config.patch_size, config.patch_size)
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.mode == "linear":
+            height, width = pixel_values.shape[-2:]
+            pad_h, pad_w = (-height) % self.patch_size, (-width) % self.patch_size
+            if pad_h or pad_w:
+                pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
+        embeddings = self.projection(pixel_values).permute(0, 2, 3, 1)
+        return self.norm(embeddings)
+
+
+class FlorenceVisionDownsample(nn.Module):
+    """Halves the resolution and doubles the width: CvT 3x3/2 convolution + LN (`conv`) or Swin patch merging."""
+
+    def __init__(self, config: FlorenceVisionConfig, dim: int):
+        super().__init__()
+        self.mode = config.downsample
+        if self.mode == "conv":
+            self.projection = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1)
+            self.norm = nn.LayerNorm(2 * dim, eps=config.layer_norm_eps)
+        else:
+            self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
+            self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.mode == "conv":
+            hidden_states = self.projection(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            return self.norm(hidden_states)
+        batch, height, width, channels = hidden_states.shape
+        if height % 2 or width % 2:
+            hidden_states = F.pad(hidden_states, (0, 0, 0, width % 2, 0, height % 2))
+            height, width = height + height % 2, width + width % 2
+        # (B, H/2, 2[h], W/2, 2[w], C) -> (B, H/2, W/2, 2[w], 2[h], C): Swin's order x00, x10, x01, x11.
+        hidden_states = hidden_states.reshape(batch, height // 2, 2, width // 2, 2, channels)
+        hidden_states = hidden_states.permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(hidden_states))
+
+
+def window_partition(hidden_states: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """`(B, H, W, C)` with H, W multiples of the window -> `(B * windows, wh * ww, C)`."""
+    batch, height, width, channels = hidden_states.shape
+    wh, ww = window
+    hidden_states = hidden_states.view(batch, height // wh, wh, width // ww, ww, channels)
+    return hidden_states.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
+
+
+def window_reverse(windows: torch.Tensor, window: tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`."""
+    wh, ww = window
+    channels = windows.shape[-1]
+    windows = windows.view(-1, height // wh, width // ww, wh, ww, channels)
+    return windows.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def relative_position_index(window: tuple[int, int], table_window: int, device=None) -> torch.Tensor:
+    """Index into a `(2 * table_window - 1) ** 2` bias table for every token pair of a `window` (<= table_window)."""
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(window[0], device=device), torch.arange(window[1], device=device), indexing="ij")
+    ).flatten(1)
+    relative = coords[:, :, None] - coords[:, None, :] + (table_window - 1)
+    return relative[0] * (2 * table_window - 1) + relative[1]
+
+
+def shifted_window_mask(
+    padded_size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device, dtype
+) -> torch.Tensor:
+    """`(windows, N, N)` additive mask keeping attention inside the regions a cyclic shift brought together."""
+    region = torch.zeros(padded_size, device=device, dtype=torch.int32)
+    count = 0
+    for h_slice in (slice(0, -window[0]), slice(-window[0], -shift[0] or None), slice(-shift[0] or None, None)):
+        for w_slice in (slice(0, -window[1]), slice(-window[1], -shift[1] or None), slice(-shift[1] or None, None)):
+            region[h_slice, w_slice] = count
+            count += 1
+    region_windows = window_partition(region[None, :, :, None], window).squeeze(-1)
+    different = region_windows[:, None, :] != region_windows[:, :, None]
+    return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill_(different, SHIFTED_WINDOW_MASK_VALUE)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention: softmax(q k^T * scale + mask) v. Returns `(B, L, heads, D)` and the weights."""
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class FlorenceVisionWindowAttention(nn.Module):
+    """Multi-head self-attention inside windows, with a learned relative-position bias per head."""
+
+    def __init__(self, config: FlorenceVisionConfig, dim: int, num_heads: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.window_size = config.window_size
+        self.dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * self.window_size - 1) ** 2, num_heads))
+        full = (self.window_size, self.window_size)
+        self.register_buffer(
+            "relative_position_index", relative_position_index(full, self.window_size), persistent=False
+        )
+        self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def relative_position_bias(self, window: tuple[int, int]) -> torch.Tensor:
+        """`(heads, N, N)` bias for a window; a window smaller than the configured one reads its exact sub-table."""
+        if window == (self.window_size, self.window_size):
+            index = self.relative_position_index
+        else:
+            index = relative_position_index(window, self.window_size, device=self.relative_position_bias_table.device)
+        tokens = window[0] * window[1]
+        bias = self.relative_position_bias_table[index.reshape(-1)].view(tokens, tokens, self.num_heads)
+        return bias.permute(2, 0, 1)
+
+    def forward(
+        self,
+        windows: torch.Tensor,
+        window: tuple[int, int],
+        shift_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        num_windows_total, tokens, channels = windows.shape
+        qkv = self.qkv(windows).view(num_windows_total, tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+        attention_mask = self.relative_position_bias(window).unsqueeze(0).to(query.dtype)
+        if shift_mask is not None:
+            num_windows = shift_mask.shape[0]
+            attention_mask = attention_mask + shift_mask.unsqueeze(1)  # (windows, heads, N, N)
+            batch = num_windows_total // num_windows
+            attention_mask = attention_mask.unsqueeze(0).expand(batch, -1, -1, -1, -1)
+            attention_mask = attention_mask.reshape(num_windows_total, self.num_heads, tokens, tokens)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            is_causal=False,
+            **kwargs,
+        )
+        attn_output = self.proj_dropout(self.proj(attn_output.reshape(num_windows_total, tokens, channels)))
+        return attn_output, attn_weights
+
+
+class FlorenceVisionMLP(nn.Module):
+    def __init__(self, config: FlorenceVisionConfig, dim: int):
+        super().__init__()
+        hidden = int(dim * config.mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.activation_fn(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden_states))
+
+
+class FlorenceVisionLayer(GradientCheckpointingLayer):
+    """One Swin block: (shifted-)window attention and an MLP, each pre-LN with a residual and stochastic depth."""
+
+    def __init__(self, config: FlorenceVisionConfig, dim: int, num_heads: int, shifted: bool, drop_path_rate: float):
+        super().__init__()
+        self.window_size = config.window_size
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attn = FlorenceVisionWindowAttention(config, dim, num_heads)
+        self.drop_path = FlorenceDropPath(drop_path_rate)
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = FlorenceVisionMLP(config, dim)
+        self._mask_cache: dict = {}
+
+    def window_and_shift(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Per axis: a map no larger than the window gets a window of its own size and no shift (timm's rule)."""
+        window = (min(height, self.window_size), min(width, self.window_size))
+        shift = tuple(
+            self.window_size // 2 if self.shifted and size > self.window_size else 0 for size in (height, width)
+        )
+        return window, shift
+
+    def shift_mask(self, padded_size, window, shift, device, dtype) -> torch.Tensor:
+        key = (padded_size, window, shift, device, dtype)
+        if key not in self._mask_cache:
+            self._mask_cache.clear()
+            self._mask_cache[key] = shifted_window_mask(padded_size, window, shift, device, dtype)
+        return self._mask_cache[key]
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
+        batch, height, width, channels = hidden_states.shape
+        window, shift = self.window_and_shift(height, width)
+        shortcut = hidden_states
+        hidden_states = self.norm1(hidden_states)
+
+        pad_h, pad_w = (-height) % window[0], (-width) % window[1]
+        if pad_h or pad_w:
+            hidden_states = F.pad(hidden_states, (0, 0, 0, pad_w, 0, pad_h))
+        padded_size = (height + pad_h, width + pad_w)
+        has_shift = shift != (0, 0)
+        if has_shift:
+            hidden_states = torch.roll(hidden_states, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+            mask = self.shift_mask(padded_size, window, shift, hidden_states.device, hidden_states.dtype)
+        else:
+            mask = None
+
+        windows = window_partition(hidden_states, window)
+        attn_windows, attn_weights = self.attn(windows, window, mask, **kwargs)
+        hidden_states = window_reverse(attn_windows, window, *padded_size)
+        if has_shift:
+            hidden_states = torch.roll(hidden_states, shifts=shift, dims=(1, 2))
+        if pad_h or pad_w:
+            hidden_states = hidden_states[:, :height, :width, :]
+
+        hidden_states = shortcut + self.drop_path(hidden_states)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        return (hidden_states, attn_weights) if output_attentions else (hidden_states,)
+
+
+class FlorenceVisionStage(nn.Module):
+    """Optional downsampling (every stage but the first) followed by blocks alternating plain and shifted windows."""
+
+    def __init__(self, config: FlorenceVisionConfig, stage: int, drop_path_rates: list[float]):
+        super().__init__()
+        dim = config.stage_dims[stage]
+        self.downsample = FlorenceVisionDownsample(config, dim // 2) if stage > 0 else None
+        self.blocks = nn.ModuleList(
+            FlorenceVisionLayer(config, dim, config.num_heads[stage], shifted=index % 2 == 1, drop_path_rate=rate)
+            for index, rate in enumerate(drop_path_rates)
+        )
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
+        if self.downsample is not None:
+            hidden_states = self.downsample(hidden_states)
+        attentions = ()
+        for block in self.blocks:
+            outputs = block(hidden_states, output_attentions=output_attentions, **kwargs)
+            hidden_states = outputs[0]
+            if output_attentions:
+                attentions += (outputs[1],)
+        return hidden_states, attentions
+
+
+class FlorenceVisionPreTrainedModel(PreTrainedModel):
+    config_class = FlorenceVisionConfig
+    base_model_prefix = "florence_coswin"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["FlorenceVisionLayer", "FlorenceVisionDownsample"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Swin's init: truncated normal(0.02) for weights and the bias table, zeros for biases, LN at identity."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, FlorenceVisionWindowAttention):
+            init.trunc_normal_(module.relative_position_bias_table, std=std)
+            init.copy_(
+                module.relative_position_index,
+                relative_position_index((module.window_size, module.window_size), module.window_size),
+            )
+
+
+def _check_pixel_values(config: FlorenceVisionConfig, pixel_values: torch.Tensor) -> None:
+    """Clear errors for the inputs a window transformer cannot process."""
+    if pixel_values is None:
+        raise ValueError("pixel_values is required")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must have shape (batch, {config.num_channels}, height, width), got {tuple(pixel_values.shape)}"
+        )
+    if pixel_values.shape[1] != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {config.num_channels} "
+            f"(shape {tuple(pixel_values.shape)}; channels come second: (batch, channels, height, width))"
+        )
+    minimum = config.patch_size * config.window_size
+    height, width = pixel_values.shape[-2:]
+    if height < minimum or width < minimum:
+        raise ValueError(
+            f"Image of {height}x{width} pixels is smaller than one attention window after the patch embedding: this "
+            f"model (patch_size={config.patch_size}, window_size={config.window_size}) needs at least "
+            f"{minimum}x{minimum} pixels"
+        )
+
+
+class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
+    """The CoSwin encoder: patch embedding, stages of (shifted-)window blocks, final LayerNorm, average pooling."""
+
+    def __init__(self, config: FlorenceVisionConfig):
+        super().__init__(config)
+        self.embeddings = FlorenceVisionEmbeddings(config)
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        starts = [sum(config.depths[:stage]) for stage in range(len(config.depths))]
+        self.stages = nn.ModuleList(
+            FlorenceVisionStage(config, stage, rates[start : start + depth])
+            for stage, (start, depth) in enumerate(zip(starts, config.depths))
+        )
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.projection
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> FlorenceVisionModelOutput | tuple:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        _check_pixel_values(self.config, pixel_values)
+
+        hidden_states = self.embeddings(pixel_values)
+        all_hidden_states = (hidden_states.flatten(1, 2),) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        feature_maps = ()
+        for stage in self.stages:
+            hidden_states, attentions = stage(hidden_states, output_attentions=output_attentions, **kwargs)
+            feature_maps += (hidden_states.permute(0, 3, 1, 2),)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states.flatten(1, 2),)
+            if output_attentions:
+                all_attentions += attentions
+
+        last_hidden_state = self.layernorm(hidden_states.flatten(1, 2))
+        pooled_output = last_hidden_state.mean(dim=1)
+        output = FlorenceVisionModelOutput(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled_output,
+            feature_maps=feature_maps,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class FlorenceVisionBackbone(BackboneMixin, FlorenceVisionPreTrainedModel):
+    """CoSwin as a Transformers backbone: `(B, C, H, W)` maps of `out_features`, each with its own LayerNorm.
+
+    The per-stage norms follow the Swin detection backbones (and Transformers' `SwinBackbone`): dense heads read
+    normalised maps of every stage, not only of the last.
+    """
+
+    def __init__(self, config: FlorenceVisionConfig):
+        super().__init__(config)
+        self.model = FlorenceVisionModel(config)
+        self.num_features = [config.embed_dim] + config.stage_dims
+        self.hidden_states_norms = nn.ModuleDict(
+            {
+                stage: nn.LayerNorm(channels, eps=config.layer_norm_eps)
+                for stage, channels in zip(self.out_features, self.channels)
+            }
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            pixel_values, output_hidden_states=True, output_attentions=output_attentions, return_dict=True, **kwargs
+        )
+        stem = outputs.hidden_states[0]
+        height, width = outputs.feature_maps[0].shape[-2:]
+        maps = {"stem": stem.view(stem.shape[0], height, width, -1)}
+        maps.update({name: fm.permute(0, 2, 3, 1) for name, fm in zip(self.stage_names[1:], outputs.feature_maps)})
+        feature_maps = tuple(
+            self.hidden_states_norms[name](maps[name]).permute(0, 3, 1, 2).contiguous() for name in self.out_features
+        )
+        output = BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "FlorenceVisionBackbone",
+    "FlorenceVisionModel",
+    "FlorenceVisionModelOutput",
+    "FlorenceVisionPreTrainedModel",
+]

@@ -1,0 +1,42 @@
+"""Florence for Transformers: the Florence vision foundation model family, Hugging Face-native."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+
+setup(
+    name="florence-transformers",
+    version="0.1.0",
+    description="Florence (CoSwin + UniCL two-tower model and adapters), Hugging Face-native",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # `configuration/` (presets, tokenizer files, recipes) is installed as package data of `modeling_florence`,
+    # so presets load by name after a normal, non-editable install too.
+    packages=["modeling_florence", "modeling_florence.presets"],
+    package_dir={"modeling_florence": "modeling_florence", "modeling_florence.presets": "configuration"},
+    package_data={"modeling_florence.presets": ["*.json", "*.yaml", "tokenizer/*"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "transformers>=5.0,<6",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "safetensors",
+        "huggingface-hub",
+        "timm>=1.0",
+        "evaluate",
+        "peft",
+        "pillow",
+        "numpy",
+    ],
+    extras_require={
+        "video": ["av"],
+        "demo": ["gradio"],
+        "train": ["tensorboard", "matplotlib", "scikit-learn"],
+        "dev": ["pytest", "open_clip_torch", "av", "tensorboard", "matplotlib", "scikit-learn", "ftfy", "regex"],
+    },
+)
