@@ -14,6 +14,7 @@ from .configuration_florence import (
     FlorenceVisionConfig,
     available_presets,
     load_preset,
+    presets_dir,
 )
 from .modeling_coswin import (
     FlorenceVisionBackbone,

@@ -413,7 +413,8 @@ class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
     def __init__(self, config: FlorenceVisionConfig):
         super().__init__(config)
         self.embeddings = FlorenceVisionEmbeddings(config)
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        total = sum(config.depths)  # stochastic depth grows linearly over all blocks (plain Python: meta-device safe)
+        rates = [config.drop_path_rate * index / max(total - 1, 1) for index in range(total)]
         starts = [sum(config.depths[:stage]) for stage in range(len(config.depths))]
         self.stages = nn.ModuleList(
             FlorenceVisionStage(config, stage, rates[start : start + depth])
