@@ -140,6 +140,10 @@ class FlorenceTextAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
+        if attention_mask is None and attention_interface is eager_attention_forward:
+            # Only fused kernels understand `is_causal`; the reference path needs the mask spelled out.
+            attention_mask = torch.full((length, length), torch.finfo(query.dtype).min, dtype=query.dtype,
+                                        device=query.device).triu_(1)
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -148,6 +152,7 @@ class FlorenceTextAttention(nn.Module):
             attention_mask,
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
+            is_causal=True,
             **kwargs,
         )
         return self.out_proj(attn_output.reshape(batch, length, self.embed_dim)), attn_weights
@@ -263,12 +268,15 @@ class FlorenceTextModel(FlorencePreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding):
         self.embeddings.token_embedding = value
 
-    def _attention_mask(self, attention_mask: torch.Tensor | None, length: int, dtype, device) -> torch.Tensor:
-        """Additive `(B or 1, 1, L, L)` mask: causal, plus padding when `attention_mask` is given."""
+    def _attention_mask(self, attention_mask: torch.Tensor | None, length: int, dtype, device):
+        """Additive `(B, 1, L, L)` causal + padding mask, or None when nothing is padded.
+
+        None lets SDPA run its fused causal kernel (`is_causal`); the eager path builds the causal mask itself.
+        """
+        if attention_mask is None or bool(attention_mask.all()):
+            return None
         min_value = torch.finfo(dtype).min
         causal = torch.full((length, length), min_value, dtype=dtype, device=device).triu_(1)[None, None]
-        if attention_mask is None:
-            return causal
         padding = (1.0 - attention_mask[:, None, None, :].to(dtype)) * min_value
         return (causal + padding).clamp(min=min_value)
 
