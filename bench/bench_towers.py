@@ -32,6 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from modeling_florence import FlorenceModel, FlorenceVisionModel, load_preset  # noqa: E402
 
 
+DEVICE = torch.device("cpu")
+
+
+def synchronize():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds per call of each function, run round-robin so machine drift hits all alike."""
     for function in functions.values():
@@ -40,8 +48,10 @@ def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict[
     samples = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
+            synchronize()
             start = time.perf_counter()
             function()
+            synchronize()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -77,7 +87,7 @@ def print_table(title: str, times: dict[str, float], ours: str, goals: dict[str,
 
 
 def bench_vision(batch_size: int, repeats: int):
-    pixel_values = torch.randn(batch_size, 3, 224, 224)
+    pixel_values = torch.randn(batch_size, 3, 224, 224, device=DEVICE)
     timm_model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, drop_path_rate=0.0)
     hf_model = SwinModel(SwinConfig(drop_path_rate=0.0))
     swin_mode = FlorenceVisionModel(load_preset("coswin-t", patch_embed="linear", downsample="merge", drop_path_rate=0.0))
@@ -89,6 +99,8 @@ def bench_vision(batch_size: int, repeats: int):
         "CoSwin-T conv mode (ours)": (conv_mode, lambda out: out.last_hidden_state),
     }
     timm_model.forward = timm_model.forward_features  # the encoder, without the classifier head
+    for model, _ in models.values():
+        model.to(DEVICE)
 
     forward = interleaved_medians({n: forward_fn(m, pixel_values) for n, (m, _) in models.items()}, repeats)
     print_table(f"Forward, batch {batch_size}, 224 px, fp32", forward, "CoSwin-T swin mode (ours)",
@@ -119,9 +131,10 @@ def bench_train_step(batch_size: int, repeats: int):
         ),
         projection_dim=florence_config.projection_dim,
     )
-    peer = VisionTextDualEncoderModel(peer_config)
-    pixel_values = torch.randn(batch_size, 3, 224, 224)
-    input_ids = torch.randint(1, 49000, (batch_size, 77))
+    peer = VisionTextDualEncoderModel(peer_config).to(DEVICE)
+    florence.to(DEVICE)
+    pixel_values = torch.randn(batch_size, 3, 224, 224, device=DEVICE)
+    input_ids = torch.randint(1, 49000, (batch_size, 77), device=DEVICE)
     input_ids[:, -1] = 49407
     attention_mask = torch.ones_like(input_ids)
 
@@ -151,10 +164,13 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-train-step", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu (the reference setting) or cuda")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, device cpu")
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, device {DEVICE}")
     bench_vision(args.batch_size, args.repeats)
     if not args.skip_train_step:
         bench_train_step(args.batch_size, max(2, args.repeats // 2))

@@ -162,6 +162,8 @@ class FlorenceConfig(PreTrainedConfig):
 
     model_type = "florence"
     sub_configs_defaults = {"vision_config": FlorenceVisionConfig, "text_config": FlorenceTextConfig}
+    # Transformers releases before `sub_configs_defaults` read this mapping instead.
+    sub_configs = {"vision_config": FlorenceVisionConfig, "text_config": FlorenceTextConfig}
 
     vision_config: dict | FlorenceVisionConfig | None = None
     text_config: dict | FlorenceTextConfig | None = None
@@ -172,6 +174,10 @@ class FlorenceConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.projection_dim < 1:
             raise ValueError(f"projection_dim must be a positive integer, got {self.projection_dim}")
+        for key, config_class in self.sub_configs.items():  # dicts and None, on any Transformers 5 release
+            value = getattr(self, key)
+            if value is None or isinstance(value, dict):
+                setattr(self, key, config_class(**(value or {})))
         super().__post_init__(**kwargs)
 
 
