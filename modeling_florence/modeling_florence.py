@@ -76,14 +76,44 @@ def _distributed_world() -> tuple[int, int]:
     return 1, 0
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward hands each process the gradient of its own slice, summed over the
+    losses of all processes (every process's loss depends on every process's features)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        world_size, rank = _distributed_world()
+        ctx.rank, ctx.batch = rank, tensor.shape[0]
+        gathered = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        grad_output = grad_output.contiguous()
+        dist.all_reduce(grad_output, op=dist.ReduceOp.SUM)
+        return grad_output[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate `tensor` from every process along dim 0, keeping the autograd graph to each process's slice."""
     world_size, _ = _distributed_world()
     if world_size == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
+    _check_equal_batches(tensor)
+    return _GatherWithGrad.apply(tensor)
 
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+def _check_equal_batches(tensor: torch.Tensor) -> None:
+    """Collectives need one batch size everywhere; say so instead of hanging or mixing up rows."""
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.empty_like(size) for _ in range(_distributed_world()[0])]
+    dist.all_gather(sizes, size)
+    if len({int(s) for s in sizes}) > 1:
+        raise ValueError(
+            f"Processes hold different batch sizes {[int(s) for s in sizes]}; the global UniCL batch needs equal "
+            "per-process batches (use drop_last=True in the data loader)"
+        )
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
