@@ -1,5 +1,6 @@
 """Reading foreign checkpoints safely (safetensors, or `torch.load(weights_only=True)`) and loading them strictly."""
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -57,3 +58,12 @@ def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sou
             f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}, wrong shapes {wrong_shape[:8]}"
         )
     model.load_state_dict(state_dict, strict=True)
+
+
+def converter_parser(description: str, formats: tuple[str, ...], model_name: str) -> argparse.ArgumentParser:
+    """The arguments every converter takes: where to read, where to write, and which format to expect."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="state dict file (.pth/.bin/.safetensors) or model folder")
+    parser.add_argument("--output", required=True, help=f"folder to write the {model_name} to")
+    parser.add_argument("--format", default="auto", choices=formats, help="expected format (default: detect)")
+    return parser

@@ -9,7 +9,6 @@ folders carry them in their config.json, which is used when present):
     python conversion/convert_clip_text.py --checkpoint open_clip.pt --output text --hidden-act gelu
 """
 
-import argparse
 import json
 import re
 import sys
@@ -20,7 +19,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conversion.checkpoint_io import load_state_dict, load_strict, strip_prefix  # noqa: E402
+from conversion.checkpoint_io import converter_parser, load_state_dict, load_strict, strip_prefix  # noqa: E402
 from modeling_florence import FlorenceTextConfig, FlorenceTextModel  # noqa: E402
 
 FORMATS = ("auto", "transformers", "open_clip")
@@ -128,10 +127,7 @@ def convert_clip_text(checkpoint: str | Path, source_format: str = "auto", **con
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="state dict file (.pt/.bin/.safetensors) or model folder")
-    parser.add_argument("--output", required=True, help="folder to write the FlorenceTextModel to")
-    parser.add_argument("--format", default="auto", choices=FORMATS)
+    parser = converter_parser(__doc__, FORMATS, "FlorenceTextModel")
     parser.add_argument("--hidden-act", default=None, help="quick_gelu (OpenAI CLIP, UniCL) or gelu (most open_clip)")
     parser.add_argument("--layer-norm-eps", type=float, default=None, help="1e-5 (CLIP) or 1e-12 (UniCL)")
     parser.add_argument("--num-attention-heads", type=int, default=None, help="default: width / 64")

@@ -6,7 +6,6 @@ The architecture is read from the tensor shapes, so no config is needed:
     python conversion/convert_swin.py --checkpoint swin_tiny_patch4_window7_224.pth --output coswin-swin-t
 """
 
-import argparse
 import math
 import re
 import sys
@@ -17,7 +16,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conversion.checkpoint_io import load_state_dict, load_strict, strip_prefix  # noqa: E402
+from conversion.checkpoint_io import converter_parser, load_state_dict, load_strict, strip_prefix  # noqa: E402
 from modeling_florence import FlorenceVisionConfig, FlorenceVisionModel  # noqa: E402
 
 FORMATS = ("auto", "timm", "official", "transformers", "unicl")
@@ -157,10 +156,7 @@ def convert_swin(checkpoint: str | Path, source_format: str = "auto", **config_o
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="state dict file (.pth/.bin/.safetensors) or model folder")
-    parser.add_argument("--output", required=True, help="folder to write the FlorenceVisionModel to")
-    parser.add_argument("--format", default="auto", choices=FORMATS)
+    parser = converter_parser(__doc__, FORMATS, "FlorenceVisionModel")
     parser.add_argument("--image-size", type=int, default=224, help="training resolution recorded in the config")
     parser.add_argument("--drop-path-rate", type=float, default=0.1, help="stochastic depth for later fine-tuning")
     args = parser.parse_args(argv)

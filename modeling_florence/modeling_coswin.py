@@ -384,6 +384,15 @@ class FlorenceVisionPreTrainedModel(PreTrainedModel):
             )
 
 
+def resolve_output_flags(config, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
+    """Per-call output flags, falling back to the config's defaults (the Transformers convention)."""
+    return (
+        config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        config.output_attentions if output_attentions is None else output_attentions,
+        config.return_dict if return_dict is None else return_dict,
+    )
+
+
 def _check_pixel_values(config: FlorenceVisionConfig, pixel_values: torch.Tensor) -> None:
     """Clear errors for the inputs a window transformer cannot process."""
     if pixel_values is None:
@@ -434,11 +443,9 @@ class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> FlorenceVisionModelOutput | tuple:
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states, output_attentions, return_dict = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
         )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         _check_pixel_values(self.config, pixel_values)
 
         hidden_states = self.embeddings(pixel_values)

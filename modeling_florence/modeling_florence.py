@@ -24,7 +24,12 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_florence import FlorenceConfig, FlorenceTextConfig, FlorenceVisionConfig
-from .modeling_coswin import FlorenceVisionModel, FlorenceVisionModelOutput, eager_attention_forward
+from .modeling_coswin import (
+    FlorenceVisionModel,
+    FlorenceVisionModelOutput,
+    eager_attention_forward,
+    resolve_output_flags,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -320,11 +325,9 @@ class FlorenceTextModel(FlorencePreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states, output_attentions, return_dict = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
         )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if input_ids is None:
             raise ValueError("input_ids is required")
         if input_ids.ndim != 2:
