@@ -4,8 +4,13 @@
 from transformers import (
     AutoBackbone,
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+    AutoTokenizer,
+    AutoVideoProcessor,
+    CLIPTokenizer,
 )
 
 from .configuration_florence import (
@@ -22,6 +27,7 @@ from .modeling_coswin import (
     FlorenceVisionModelOutput,
     FlorenceVisionPreTrainedModel,
 )
+from .image_processing_florence import FlorenceImageProcessor, FlorenceImageProcessorPil
 from .modeling_florence import (
     FlorenceModel,
     FlorenceOutput,
@@ -29,6 +35,8 @@ from .modeling_florence import (
     FlorenceTextModel,
     unicl_loss,
 )
+from .processing_florence import FlorenceProcessor, clean_text, default_tokenizer_path, text_label, text_labels
+from .video_processing_florence import FlorenceVideoProcessor, decode_video
 
 __version__ = "0.1.0"
 
@@ -42,8 +50,17 @@ def _register_auto_classes() -> None:
     AutoModel.register(FlorenceConfig, FlorenceModel, exist_ok=True)
     AutoModelForZeroShotImageClassification.register(FlorenceConfig, FlorenceModel, exist_ok=True)
     AutoBackbone.register(FlorenceVisionConfig, FlorenceVisionBackbone, exist_ok=True)
+    for config_class in (FlorenceConfig, FlorenceVisionConfig):
+        AutoImageProcessor.register(
+            config_class,
+            image_processor_classes={"torchvision": FlorenceImageProcessor, "pil": FlorenceImageProcessorPil},
+            exist_ok=True,
+        )
+    AutoVideoProcessor.register(FlorenceConfig, FlorenceVideoProcessor, exist_ok=True)
+    AutoProcessor.register(FlorenceConfig, FlorenceProcessor, exist_ok=True)
+    for config_class in (FlorenceConfig, FlorenceTextConfig):
+        AutoTokenizer.register(config_class, fast_tokenizer_class=CLIPTokenizer, exist_ok=True)
 
 
 _register_auto_classes()
 
-# --- processors, tokenizer and data (issue 3) register below ---

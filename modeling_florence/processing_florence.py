@@ -1,0 +1,113 @@
+# Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""`FlorenceProcessor`: tokenizer + image processor + video processor, and the UniCL labels of texts.
+
+Texts are cleaned as CLIP cleans them (ftfy, HTML unescaping, whitespace) before the CLIP BPE tokenizer, so ids
+equal open_clip's; they are truncated to the 77 positions of the text tower and padded to the longest text.
+
+UniCL treats pairs whose texts are identical as positives of each other. The label of a text is a stable 63-bit
+hash (BLAKE2b) of its cleaned, lower-cased form: the same in every process and run, unlike Python's salted `hash`.
+"""
+
+import hashlib
+import html
+import re
+from pathlib import Path
+
+import torch
+from transformers import CLIPTokenizer, ProcessorMixin
+
+from .image_processing_florence import FlorenceImageProcessor
+from .video_processing_florence import FlorenceVideoProcessor
+
+CONTEXT_LENGTH = 77
+_WHITESPACE = re.compile(r"\s+")
+
+
+def default_tokenizer_path() -> Path:
+    """The CLIP BPE tokenizer files shipped with the package (built by conversion/build_tokenizer.py)."""
+    from .configuration_florence import presets_dir
+
+    return presets_dir() / "tokenizer"
+
+
+def clean_text(text: str) -> str:
+    """CLIP's text clean-up: fix mojibake (ftfy, when installed), unescape HTML twice, collapse whitespace."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text))
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def text_label(text: str) -> int:
+    """Stable UniCL label of a text: identical (cleaned, case-folded) texts share it across processes and runs."""
+    digest = hashlib.blake2b(clean_text(text).lower().encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+def text_labels(texts: list[str]) -> torch.Tensor:
+    return torch.tensor([text_label(text) for text in texts], dtype=torch.long)
+
+
+class FlorenceProcessor(ProcessorMixin):
+    """Prepares Florence inputs: `input_ids`/`attention_mask` from text, `pixel_values` from images,
+    `pixel_values_videos` from videos, and UniCL `labels` of the texts on request."""
+
+    def __init__(self, image_processor=None, tokenizer=None, video_processor=None, **kwargs):
+        super().__init__(image_processor, tokenizer, video_processor, **kwargs)
+
+    @classmethod
+    def from_defaults(cls, image_size: int = 224, num_frames: int = 8, **image_kwargs) -> "FlorenceProcessor":
+        """A processor from the shipped tokenizer and CLIP-style image/video settings, with no network."""
+        size = {"shortest_edge": image_size}
+        crop = {"height": image_size, "width": image_size}
+        return cls(
+            image_processor=FlorenceImageProcessor(size=size, crop_size=crop, **image_kwargs),
+            tokenizer=CLIPTokenizer.from_pretrained(default_tokenizer_path()),
+            video_processor=FlorenceVideoProcessor(num_frames=num_frames, size=size, crop_size=crop),
+        )
+
+    def __call__(self, text=None, images=None, videos=None, return_labels: bool = False, **kwargs):
+        if text is None and images is None and videos is None:
+            raise ValueError("FlorenceProcessor needs at least one of text, images or videos")
+        return_tensors = kwargs.pop("return_tensors", "pt")
+        outputs = {}
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}")
+            cleaned = [clean_text(t) for t in texts]
+            tokenizer_kwargs = dict(padding=True, truncation=True, max_length=CONTEXT_LENGTH)
+            tokenizer_kwargs.update({k: kwargs.pop(k) for k in ("padding", "truncation", "max_length") if k in kwargs})
+            outputs.update(self.tokenizer(cleaned, return_tensors=return_tensors, **tokenizer_kwargs))
+            if return_labels:
+                outputs["labels"] = text_labels(texts)
+        elif return_labels:
+            raise ValueError("return_labels=True needs text: UniCL labels are computed from the texts")
+        if images is not None:
+            outputs.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
+        if videos is not None:
+            outputs.update(self.video_processor(videos, return_tensors=return_tensors))
+        return outputs if return_tensors is None else _batch(outputs)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values", "pixel_values_videos"]
+
+
+def _batch(outputs: dict):
+    from transformers import BatchFeature
+
+    return BatchFeature({k: v for k, v in outputs.items()}, tensor_type=None)
+
+
+__all__ = ["FlorenceProcessor", "clean_text", "default_tokenizer_path", "text_label", "text_labels"]
