@@ -32,6 +32,7 @@ setup(
         "peft",
         "pillow",
         "numpy",
+        "ftfy",
     ],
     extras_require={
         "video": ["av"],
