@@ -64,3 +64,4 @@ def _register_auto_classes() -> None:
 
 _register_auto_classes()
 
+from .shapes import build_classification, build_detection, build_pairs, build_video, build_vqa, class_names, vqa_score, vqa_soft_scores
