@@ -1,0 +1,379 @@
+# Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""UniCL pretraining of a Florence two-tower model with Accelerate (one CPU, one GPU, or `accelerate launch`).
+
+The schedule comes from a recipe file (`configuration/recipe-unicl-*.json`): Florence's stage 1 with prompt-template
+augmentation of short labels, stage 2 without it, and an optional higher-resolution stage. Data order is a pure
+function of (seed, step), so a run resumed from a checkpoint sees exactly the batches the uninterrupted run would
+have seen; checkpoints are written to a temporary folder and renamed into place, so a crash never leaves a broken
+`latest`. The final model is saved with `save_pretrained` next to its processor.
+
+    florence-pretrain --recipe configuration/recipe-unicl-tiny.json --output outputs/florence-tiny-shapes
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_cosine_schedule_with_warmup
+
+from .configuration_florence import load_preset, presets_dir
+from .evaluation_florence import format_table, image_text_retrieval, load_templates, zero_shot_classification
+from .modeling_florence import FlorenceModel
+from .processing_florence import FlorenceProcessor, text_labels
+
+RECIPE_KEYS = {
+    "model", "model_overrides", "data", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
+    "warmup_steps", "max_grad_norm", "stages", "eval_every", "checkpoint_every", "templates", "seed",
+    "mixed_precision", "gradient_checkpointing", "keep_checkpoints",
+}
+STAGE_KEYS = {"name", "steps", "prompt_templates", "image_size"}
+
+
+@dataclass
+class Stage:
+    name: str
+    steps: int
+    prompt_templates: bool = True
+    image_size: int | None = None
+
+
+@dataclass
+class Recipe:
+    model: str = "florence-tiny"
+    model_overrides: dict = field(default_factory=dict)
+    data: dict = field(default_factory=lambda: {"source": "shapes"})
+    batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    stages: list = field(default_factory=list)
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    templates: str | None = None
+    seed: int = 0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    keep_checkpoints: int = 2
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "Recipe":
+        path = Path(path)
+        if not path.is_file() and (presets_dir() / path.name).is_file():
+            path = presets_dir() / path.name
+        values = json.loads(path.read_text())
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - RECIPE_KEYS
+        if unknown:
+            raise ValueError(f"Unknown recipe keys {sorted(unknown)} in {path}; known keys: {sorted(RECIPE_KEYS)}")
+        stages = []
+        for stage in values.pop("stages", []):
+            if set(stage) - STAGE_KEYS:
+                raise ValueError(f"Unknown stage keys {sorted(set(stage) - STAGE_KEYS)}; known: {sorted(STAGE_KEYS)}")
+            stages.append(Stage(**stage))
+        if not stages or any(stage.steps < 0 for stage in stages):
+            raise ValueError(f"{path} must list stages with non-negative step counts")
+        return cls(stages=stages, **values)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.stages)
+
+    def stage_at(self, step: int) -> Stage:
+        for stage in self.stages:
+            if step < stage.steps:
+                return stage
+            step -= stage.steps
+        return self.stages[-1]
+
+
+def load_training_data(data: dict, image_size: int):
+    """The image-text pairs (with `is_label`) and held-out evaluation sets named by the recipe's `data` block."""
+    data = dict(data)
+    source = data.pop("source", "shapes")
+    if source == "shapes":
+        from .shapes import build_classification, build_pairs
+
+        sizes = {k: data.pop(k) for k in ("num_train", "num_validation", "num_test") if k in data}
+        pairs = build_pairs(image_size=image_size, seed=data.pop("seed", 0), **sizes)
+        classification = build_classification(
+            num_train=0, num_validation=0, num_test=data.pop("num_classification_test", 600), image_size=image_size,
+            seed=1,
+        )
+        return pairs["train"], pairs["test"], classification["test"]
+    if source in ("jsonl", "csv", "imagefolder", "webdataset"):
+        from .data_florence import load_image_text_pairs
+
+        return load_image_text_pairs(source=source, **data), None, None
+    raise ValueError(f"Unknown data source {source!r}: use shapes, jsonl, csv, imagefolder or webdataset")
+
+
+class BatchMaker:
+    """Turns a global step into this process's slice of the global batch: deterministic, so resuming is exact."""
+
+    def __init__(self, dataset, processor, recipe: Recipe, templates: list[str], rank: int, world_size: int):
+        self.dataset, self.processor, self.recipe, self.templates = dataset, processor, recipe, templates
+        self.rank, self.world_size = rank, world_size
+        if recipe.batch_size % world_size:
+            raise ValueError(f"batch_size {recipe.batch_size} is not divisible by {world_size} processes")
+        self.per_process = recipe.batch_size // world_size
+        self.per_epoch = len(dataset) // recipe.batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"{len(dataset)} training pairs cannot fill one batch of {recipe.batch_size}")
+
+    def indices(self, micro_step: int) -> np.ndarray:
+        epoch, position = divmod(micro_step, self.per_epoch)
+        order = np.random.default_rng([self.recipe.seed, epoch]).permutation(len(self.dataset))
+        batch = order[position * self.recipe.batch_size : (position + 1) * self.recipe.batch_size]
+        return batch[self.rank * self.per_process : (self.rank + 1) * self.per_process]
+
+    def __call__(self, micro_step: int, stage: Stage) -> dict:
+        indices = self.indices(micro_step)
+        rows = self.dataset[indices.tolist()]
+        rng = np.random.default_rng([self.recipe.seed, micro_step, self.rank, 7])
+        texts = [
+            self.templates[rng.integers(len(self.templates))].format(text) if is_label and stage.prompt_templates
+            else text
+            for text, is_label in zip(rows["text"], rows.get("is_label", [False] * len(indices)))
+        ]
+        size = stage.image_size
+        image_kwargs = {} if size is None else {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+        inputs = self.processor(text=texts, images=rows["image"], return_labels=True, **image_kwargs)
+        return dict(inputs)
+
+
+def save_checkpoint(accelerator: Accelerator, output: Path, step: int, history: list, keep: int) -> Path:
+    """Write `checkpoints/step-N` through a temporary folder and an atomic rename, then point `latest` at it."""
+    checkpoints = output / "checkpoints"
+    final = checkpoints / f"step-{step:07d}"
+    temporary = checkpoints / f".tmp-step-{step:07d}"
+    if accelerator.is_main_process and temporary.exists():
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    if accelerator.is_main_process:
+        (temporary / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        pointer = checkpoints / ".latest.tmp"
+        pointer.write_text(final.name)
+        os.replace(pointer, checkpoints / "latest")
+        for old in sorted(checkpoints.glob("step-*"))[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_checkpoint(output: Path, resume: str) -> Path | None:
+    if resume in (None, "", "none"):
+        return None
+    if resume == "latest":
+        pointer = output / "checkpoints" / "latest"
+        return output / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise ValueError(f"{path} is not a checkpoint folder written by this trainer (no trainer_state.json)")
+    return path
+
+
+def evaluate(model, processor, test_pairs, zero_shot_set, templates, limit: int = 1000) -> dict[str, float]:
+    """Zero-shot top-1/top-5 on held-out single-object images, and R@K on held-out pairs with distinct captions."""
+    model.eval()
+    results = {}
+    if zero_shot_set is not None:
+        names = zero_shot_set.features["label"].names
+        subset = zero_shot_set.select(range(min(limit, len(zero_shot_set))))
+        scores = zero_shot_classification(model, processor, subset["image"], subset["label"], names, templates)
+        results.update({f"zero_shot_{k}": v for k, v in scores.items()})
+    if test_pairs is not None:
+        first = {}
+        for index, text in enumerate(test_pairs["text"]):
+            first.setdefault(text, index)
+        distinct = test_pairs.select(sorted(first.values())[:limit])
+        results.update(image_text_retrieval(model, processor, distinct["image"], distinct["text"]))
+        results["retrieval_pairs"] = float(len(distinct))
+    model.train()
+    return results
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Training curves and evaluation accuracy as a PNG (matplotlib is imported only here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history if "loss" in h]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(steps, [h["loss"] for h in history if "loss" in h])
+    axes[0].set(xlabel="step", ylabel="UniCL loss", title="training loss")
+    evals = [h for h in history if "zero_shot_top1" in h or "i2t_R@5" in h]
+    for key in ("zero_shot_top1", "i2t_R@5", "t2i_R@5"):
+        if any(key in h for h in evals):
+            axes[1].plot([h["step"] for h in evals if key in h], [h[key] for h in evals if key in h], marker="o", label=key)
+    axes[1].set(xlabel="step", ylabel="%", title="held-out evaluation", ylim=(0, 100))
+    axes[1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None = None,
+          stop_after_step: int | None = None, log_with: str | None = "tensorboard") -> dict:
+    """Run the recipe; returns the final evaluation results."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        mixed_precision=recipe.mixed_precision,
+        log_with=_available_tracker(log_with),
+        project_dir=str(output),
+    )
+    set_seed(recipe.seed)
+    config = load_preset(recipe.model, **recipe.model_overrides)
+    image_size = config.vision_config.image_size
+    model = FlorenceModel(config)
+    if recipe.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    processor = FlorenceProcessor.from_defaults(image_size=image_size)
+    templates = load_templates(recipe.templates and (presets_dir() / recipe.templates
+                                                      if not Path(recipe.templates).is_file() else recipe.templates))
+    train_pairs, test_pairs, zero_shot_set = load_training_data(recipe.data, image_size)
+
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n or "logit_scale" in n]
+    decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "embedding" in n or "logit_scale" in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.learning_rate,
+    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, max(1, recipe.total_steps))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    batches = BatchMaker(train_pairs, processor, recipe, templates, accelerator.process_index, accelerator.num_processes)
+    step, history = 0, []
+    checkpoint = resolve_checkpoint(output, resume_from_checkpoint)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        step, history = state["step"], state["history"]
+        accelerator.print(f"Resumed from {checkpoint} at step {step}")
+    accelerator.init_trackers("unicl", config={"recipe": recipe.model, "batch_size": recipe.batch_size})
+
+    accumulation = recipe.gradient_accumulation_steps
+    progress = _progress(accelerator, recipe.total_steps, step)
+    started, seen = time.perf_counter(), 0
+    model.train()
+    while step < recipe.total_steps:
+        stage = recipe.stage_at(step)
+        for micro in range(accumulation):
+            inputs = batches(step * accumulation + micro, stage)
+            inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
+            with accelerator.accumulate(model):
+                loss = model(**inputs, return_loss=True).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and recipe.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen += inputs["input_ids"].shape[0] * accelerator.num_processes
+        step += 1
+        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
+        record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "stage": stage.name}
+        history.append(record)
+        accelerator.log({k: v for k, v in record.items() if k != "stage"}, step=step)
+        images_per_second = seen / (time.perf_counter() - started)
+        progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{images_per_second:.0f}")
+        progress.update(1)
+        if recipe.eval_every and step % recipe.eval_every == 0 and step < recipe.total_steps:
+            history.append({"step": step, **_evaluate_main(accelerator, model, processor, test_pairs, zero_shot_set,
+                                                          templates)})
+        if recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
+            save_checkpoint(accelerator, output, step, history, recipe.keep_checkpoints)
+        if stop_after_step is not None and step >= stop_after_step:
+            accelerator.print(f"Stopping after step {step} as asked (simulated interruption)")
+            accelerator.end_training()
+            return {}
+    progress.close()
+
+    results = _evaluate_main(accelerator, model, processor, test_pairs, zero_shot_set, templates)
+    history.append({"step": step, **results})
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(output)
+        processor.save_pretrained(output)
+        (output / "eval_results.json").write_text(json.dumps(results, indent=2))
+        _write_history(history, output / "metrics.csv")
+        plot_history(history, output / "training_curves.png")
+        print(format_table(results))
+    accelerator.end_training()
+    return results
+
+
+def _evaluate_main(accelerator, model, processor, test_pairs, zero_shot_set, templates) -> dict:
+    """Evaluate on the main process only (the held-out sets are small), then broadcast to keep processes in step."""
+    results = [{}]
+    if accelerator.is_main_process:
+        results = [evaluate(accelerator.unwrap_model(model), processor, test_pairs, zero_shot_set, templates)]
+    if accelerator.num_processes > 1:
+        torch.distributed.broadcast_object_list(results, src=0)
+    return results[0]
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    keys = sorted({k for h in history for k in h}, key=lambda k: (k != "step", k))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _available_tracker(name: str | None):
+    if name == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            return None
+    return name
+
+
+def _progress(accelerator, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not accelerator.is_local_main_process, desc="UniCL",
+                mininterval=2.0)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipe-unicl-tiny.json", help="recipe JSON (a path or a shipped name)")
+    parser.add_argument("--output", required=True, help="folder for checkpoints, logs, plots and the final model")
+    parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--gradient_checkpointing", action="store_true", default=None)
+    parser.add_argument("--batch_size", type=int, default=None, help="global batch size (overrides the recipe)")
+    parser.add_argument("--stop_after_step", type=int, default=None, help="stop early (to test resuming)")
+    parser.add_argument("--log_with", default="tensorboard", help="tensorboard, csv-only (none) or another tracker")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
+    recipe = Recipe.from_file(
+        args.recipe, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        batch_size=args.batch_size,
+    )
+    train(recipe, args.output, args.resume_from_checkpoint, args.stop_after_step,
+          None if args.log_with == "none" else args.log_with)
+
+
+if __name__ == "__main__":
+    main()
