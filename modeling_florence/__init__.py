@@ -36,6 +36,16 @@ from .modeling_florence import (
     unicl_loss,
 )
 from .processing_florence import FlorenceProcessor, clean_text, default_tokenizer_path, text_label, text_labels
+from .shapes import (
+    build_classification,
+    build_detection,
+    build_pairs,
+    build_video,
+    build_vqa,
+    class_names,
+    vqa_score,
+    vqa_soft_scores,
+)
 from .video_processing_florence import FlorenceVideoProcessor, decode_video
 
 __version__ = "0.1.0"
@@ -63,5 +73,3 @@ def _register_auto_classes() -> None:
 
 
 _register_auto_classes()
-
-from .shapes import build_classification, build_detection, build_pairs, build_video, build_vqa, class_names, vqa_score, vqa_soft_scores

@@ -1,0 +1,289 @@
+# Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""Loaders for real data formats, producing the same columns as the Florence Shapes sets (see `shapes.py`).
+
+- `load_image_folder`: classification from `root/<class>/<image>` (`image`, `label`);
+- `load_image_text_pairs`: pairs from jsonl, csv or webdataset tar shards (`image`, `text`, `is_label`), streamed
+  for webdataset when asked;
+- `load_coco_detection`: COCO json (`image`, `image_id`, `width`, `height`, `objects`);
+- `load_vqav2`: VQAv2 questions + annotations json (`image`, `question`, `question_id`, `question_type`, `answers`,
+  `answer`);
+- `load_video_folder`: a folder of videos with a csv of labels (`video` paths, or decoded `frames` as in Shapes,
+  `label`, `caption`).
+
+A row whose image cannot be read is skipped and counted (a warning reports how many at the end), or raises
+`ValueError` naming the file with `strict=True`. A missing column raises `ValueError` naming it and the columns found.
+"""
+
+import csv
+import io
+import json
+import tarfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from datasets import ClassLabel, Dataset, Features, Image, IterableDataset, Sequence, Value
+from PIL import Image as PILImage
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+PAIR_FEATURES = Features({"image": Image(), "text": Value("string"), "is_label": Value("bool")})
+
+
+class SkipCounter:
+    """Counts unreadable rows; raises at the first one in strict mode; warns with the total at the end."""
+
+    def __init__(self, source: str, strict: bool):
+        self.source, self.strict, self.skipped, self.examples = source, strict, 0, []
+
+    def readable(self, image_source, name: str) -> bool:
+        try:
+            with PILImage.open(image_source if not isinstance(image_source, bytes) else io.BytesIO(image_source)) as im:
+                im.verify()
+            return True
+        except Exception as error:  # noqa: BLE001 - any decoding failure makes the row unusable
+            if self.strict:
+                raise ValueError(f"{self.source}: image {name} cannot be read ({error})") from error
+            self.skipped += 1
+            self.examples.append(name)
+            return False
+
+    def report(self, kept: int) -> None:
+        if self.skipped:
+            warnings.warn(
+                f"{self.source}: skipped {self.skipped} unreadable image(s) of {kept + self.skipped} "
+                f"(e.g. {', '.join(self.examples[:3])}); pass strict=True to fail instead",
+                stacklevel=3,
+            )
+
+
+def require_columns(found, required, source: str) -> None:
+    missing = [column for column in required if column not in found]
+    if missing:
+        raise ValueError(f"{source} has no column(s) {missing}; columns found: {sorted(found)}")
+
+
+def load_image_folder(root: str | Path, strict: bool = False) -> Dataset:
+    """Classification from `root/<class name>/<image>`; class names are the sorted folder names."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise ValueError(f"{root} must contain one sub-folder of images per class")
+    counter = SkipCounter(str(root), strict)
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES and counter.readable(path, str(path)):
+                images.append(str(path))
+                labels.append(label)
+    counter.report(len(images))
+    return Dataset.from_dict({"image": images, "label": labels},
+                             features=Features({"image": Image(), "label": ClassLabel(names=classes)}))
+
+
+def _rows_from_table(path: Path, source: str) -> list[dict]:
+    if source == "jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def load_image_text_pairs(
+    source: str, path: str | Path, image_column: str = "image", text_column: str = "text",
+    label_column: str | None = None, strict: bool = False, streaming: bool = False,
+) -> Dataset | IterableDataset:
+    """Image-text pairs from a jsonl/csv table (image paths relative to the table) or webdataset tar shards.
+
+    `label_column` (optional) marks rows whose text is a short class label (prompt templates apply to those)."""
+    if source == "webdataset":
+        return _webdataset_pairs(path, strict, streaming)
+    if source not in ("jsonl", "csv"):
+        raise ValueError(f"source must be jsonl, csv or webdataset, got {source!r}")
+    path = Path(path)
+    rows = _rows_from_table(path, source)
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    require_columns(rows[0].keys(), [image_column, text_column] + ([label_column] if label_column else []), str(path))
+    counter = SkipCounter(str(path), strict)
+    columns = {"image": [], "text": [], "is_label": []}
+    for row in rows:
+        image = path.parent / row[image_column]
+        if counter.readable(image, str(image)):
+            columns["image"].append(str(image))
+            columns["text"].append(str(row[text_column]))
+            columns["is_label"].append(_truthy(row[label_column]) if label_column else False)
+    counter.report(len(columns["image"]))
+    return Dataset.from_dict(columns, features=PAIR_FEATURES)
+
+
+def _truthy(value) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+def _shard_paths(path: str | Path) -> list[Path]:
+    path = Path(path)
+    shards = sorted(path.glob("*.tar")) if path.is_dir() else sorted(path.parent.glob(path.name))
+    if not shards:
+        raise ValueError(f"No webdataset .tar shards found at {path}")
+    return shards
+
+
+def _webdataset_samples(shards: list[Path], counter: SkipCounter) -> Iterator[dict]:
+    """Group tar members by key (name up to the first dot): one image plus a .txt or .json caption."""
+    for shard in shards:
+        samples: dict[str, dict] = {}
+        with tarfile.open(shard) as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, _, extension = member.name.partition(".")
+                samples.setdefault(key, {})[extension.lower()] = archive.extractfile(member).read()
+        for key, parts in samples.items():
+            image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
+            if "txt" in parts:
+                text = parts["txt"].decode("utf-8").strip()
+            elif "json" in parts:
+                meta = json.loads(parts["json"])
+                text = meta.get("caption", meta.get("text"))
+            else:
+                text = None
+            name = f"{shard.name}:{key}"
+            if image is None or text is None:
+                counter.readable(b"", f"{name} (no image or caption)")
+                continue
+            if counter.readable(image, name):
+                yield {"image": {"bytes": image, "path": None}, "text": text, "is_label": False}
+
+
+def _webdataset_pairs(path, strict: bool, streaming: bool):
+    shards = _shard_paths(path)
+    if streaming:
+        def generate(shards):  # datasets may call this once per shard: each call reports its own skips
+            counter, kept = SkipCounter(",".join(Path(s).name for s in shards), strict), 0
+            for sample in _webdataset_samples([Path(s) for s in shards], counter):
+                kept += 1
+                yield sample
+            counter.report(kept)
+
+        return IterableDataset.from_generator(generate, features=PAIR_FEATURES,
+                                              gen_kwargs={"shards": [str(s) for s in shards]})
+    counter = SkipCounter(str(path), strict)
+    rows = list(_webdataset_samples(shards, counter))
+    counter.report(len(rows))
+    return Dataset.from_list(rows, features=PAIR_FEATURES)
+
+
+def load_coco_detection(annotations: str | Path, images_dir: str | Path, strict: bool = False) -> Dataset:
+    """COCO detection json -> the Shapes detection columns; categories become a ClassLabel in id order."""
+    annotations = Path(annotations)
+    coco = json.loads(annotations.read_text())
+    require_columns(coco.keys(), ["images", "annotations", "categories"], str(annotations))
+    categories = sorted(coco["categories"], key=lambda c: c["id"])
+    category_index = {c["id"]: index for index, c in enumerate(categories)}
+    by_image: dict[int, list] = {}
+    for annotation in coco["annotations"]:
+        require_columns(annotation.keys(), ["image_id", "bbox", "category_id"], f"{annotations} annotation")
+        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    counter = SkipCounter(str(annotations), strict)
+    rows = []
+    for image in coco["images"]:
+        require_columns(image.keys(), ["id", "file_name", "width", "height"], f"{annotations} image entry")
+        path = Path(images_dir) / image["file_name"]
+        if not counter.readable(path, str(path)):
+            continue
+        objects = by_image.get(image["id"], [])
+        rows.append({
+            "image": str(path), "image_id": image["id"], "width": image["width"], "height": image["height"],
+            "objects": {"id": [a.get("id", i) for i, a in enumerate(objects)], "bbox": [a["bbox"] for a in objects],
+                        "category": [category_index[a["category_id"]] for a in objects],
+                        "area": [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in objects]},
+        })
+    counter.report(len(rows))
+    features = Features({
+        "image": Image(), "image_id": Value("int64"), "width": Value("int32"), "height": Value("int32"),
+        "objects": Sequence({"id": Value("int64"), "bbox": Sequence(Value("float32"), length=4),
+                             "category": ClassLabel(names=[c["name"] for c in categories]), "area": Value("float32")}),
+    })
+    return Dataset.from_list(rows, features=features)
+
+
+def load_vqav2(
+    questions: str | Path, annotations: str | Path, images_dir: str | Path,
+    image_pattern: str = "COCO_{split}_{image_id:012d}.jpg", split: str = "val2014", strict: bool = False,
+) -> Dataset:
+    """VQAv2 questions + annotations json -> the Shapes VQA columns (10 annotator answers per question)."""
+    question_file, annotation_file = Path(questions), Path(annotations)
+    question_data, annotation_data = json.loads(question_file.read_text()), json.loads(annotation_file.read_text())
+    require_columns(question_data.keys(), ["questions"], str(question_file))
+    require_columns(annotation_data.keys(), ["annotations"], str(annotation_file))
+    answers = {a["question_id"]: a for a in annotation_data["annotations"]}
+    counter = SkipCounter(str(question_file), strict)
+    rows = []
+    for question in question_data["questions"]:
+        require_columns(question.keys(), ["image_id", "question", "question_id"], f"{question_file} question")
+        annotation = answers.get(question["question_id"])
+        if annotation is None:
+            raise ValueError(f"{annotation_file} has no annotation for question_id {question['question_id']}")
+        path = Path(images_dir) / image_pattern.format(split=split, image_id=question["image_id"])
+        if not counter.readable(path, str(path)):
+            continue
+        rows.append({
+            "image": str(path), "question": question["question"], "question_id": question["question_id"],
+            "question_type": annotation.get("question_type", ""),
+            "answers": [a["answer"] for a in annotation["answers"]],
+            "answer": annotation.get("multiple_choice_answer", ""),
+        })
+    counter.report(len(rows))
+    features = Features({"image": Image(), "question": Value("string"), "question_id": Value("int64"),
+                         "question_type": Value("string"), "answers": Sequence(Value("string")),
+                         "answer": Value("string")})
+    return Dataset.from_list(rows, features=features)
+
+
+def load_video_folder(
+    root: str | Path, labels_csv: str | Path, path_column: str = "path", label_column: str = "label",
+    caption_column: str | None = "caption", decode: bool = False, num_frames: int = 8, strict: bool = False,
+) -> Dataset:
+    """Videos listed in a csv (path relative to `root`, label, optional caption).
+
+    With `decode=False` the `video` column holds file paths (FlorenceVideoProcessor decodes them); with
+    `decode=True` the clips are decoded now into `num_frames` uniformly sampled `frames`, as in Shapes video."""
+    from .video_processing_florence import decode_video, uniform_indices
+
+    rows = _rows_from_table(Path(labels_csv), "csv")
+    if not rows:
+        raise ValueError(f"{labels_csv} holds no rows")
+    require_columns(rows[0].keys(), [path_column, label_column], str(labels_csv))
+    has_caption = caption_column is not None and caption_column in rows[0]  # else the label is the caption
+    names = sorted({row[label_column] for row in rows})
+    columns = {"label": [], "caption": [], "frames" if decode else "video": []}
+    skipped, examples = 0, []
+    for row in rows:
+        path = Path(root) / row[path_column]
+        try:
+            frames = decode_video(path)
+        except (ValueError, FileNotFoundError, ImportError) as error:
+            if strict or isinstance(error, ImportError):
+                raise
+            skipped, examples = skipped + 1, examples + [str(path)]
+            continue
+        if decode:
+            columns["frames"].append([PILImage.fromarray(frame) for frame in frames[uniform_indices(len(frames), num_frames)]])
+        else:
+            columns["video"].append(str(path))
+        columns["label"].append(names.index(row[label_column]))
+        columns["caption"].append(row[caption_column] if has_caption else row[label_column])
+    if skipped:
+        warnings.warn(f"{labels_csv}: skipped {skipped} unreadable video(s) of {len(rows)} (e.g. {examples[0]}); "
+                      "pass strict=True to fail instead", stacklevel=2)
+    media = {"frames": Sequence(Image())} if decode else {"video": Value("string")}
+    return Dataset.from_dict(columns, features=Features({**media, "label": ClassLabel(names=names),
+                                                         "caption": Value("string")}))
+
+
+__all__ = [
+    "load_coco_detection",
+    "load_image_folder",
+    "load_image_text_pairs",
+    "load_video_folder",
+    "load_vqav2",
+]

@@ -1,0 +1,166 @@
+"""Loaders for real formats: same columns as Florence Shapes, unreadable rows skipped and counted, clear errors."""
+
+import csv
+import io
+import json
+import tarfile
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from modeling_florence.data_florence import (
+    load_coco_detection,
+    load_image_folder,
+    load_image_text_pairs,
+    load_video_folder,
+    load_vqav2,
+)
+
+
+def write_image(path, colour=(200, 30, 30), size=(24, 20)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def write_corrupt(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG not really")
+    return path
+
+
+def test_image_folder(tmp_path):
+    write_image(tmp_path / "circle" / "a.png")
+    write_image(tmp_path / "circle" / "b.png")
+    write_image(tmp_path / "square" / "c.jpg")
+    write_corrupt(tmp_path / "square" / "broken.png")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+        data = load_image_folder(tmp_path)
+    assert data.features["label"].names == ["circle", "square"] and data["label"] == [0, 0, 1]
+    assert data[0]["image"].size == (24, 20)
+    with pytest.raises(ValueError, match="broken.png cannot be read"):
+        load_image_folder(tmp_path, strict=True)
+
+
+@pytest.mark.parametrize("source", ["jsonl", "csv"])
+def test_pairs_from_tables(tmp_path, source):
+    write_image(tmp_path / "img" / "1.png")
+    write_image(tmp_path / "img" / "2.png", colour=(0, 0, 255))
+    write_corrupt(tmp_path / "img" / "3.png")
+    rows = [{"file": "img/1.png", "caption": "a red box", "short": "false"},
+            {"file": "img/2.png", "caption": "blue", "short": "true"},
+            {"file": "img/3.png", "caption": "broken", "short": "false"}]
+    table = tmp_path / f"pairs.{source}"
+    if source == "jsonl":
+        table.write_text("\n".join(json.dumps(r) for r in rows))
+    else:
+        with open(table, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        data = load_image_text_pairs(source, table, image_column="file", text_column="caption", label_column="short")
+    assert list(data.features) == ["image", "text", "is_label"]
+    assert data["text"] == ["a red box", "blue"] and data["is_label"] == [False, True]
+    with pytest.raises(ValueError, match=r"no column\(s\) \['text'\]; columns found: \['caption', 'file', 'short'\]"):
+        load_image_text_pairs(source, table, image_column="file")
+    with pytest.raises(ValueError, match="3.png cannot be read"):
+        load_image_text_pairs(source, table, image_column="file", text_column="caption", strict=True)
+
+
+def add_member(archive, name, payload: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    archive.addfile(info, io.BytesIO(payload))
+
+
+def png_bytes(colour):
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_webdataset_shards_in_memory_and_streamed(tmp_path):
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as archive:
+            add_member(archive, f"s{shard}a.png", png_bytes((255, 0, 0)))
+            add_member(archive, f"s{shard}a.txt", f"red {shard}".encode())
+            add_member(archive, f"s{shard}b.png", png_bytes((0, 255, 0)))
+            add_member(archive, f"s{shard}b.json", json.dumps({"caption": f"green {shard}"}).encode())
+            add_member(archive, f"s{shard}c.png", b"corrupt")
+            add_member(archive, f"s{shard}c.txt", b"broken")
+    with pytest.warns(UserWarning, match="skipped 2"):
+        data = load_image_text_pairs("webdataset", tmp_path)
+    assert sorted(data["text"]) == ["green 0", "green 1", "red 0", "red 1"]
+    streamed = load_image_text_pairs("webdataset", tmp_path / "shard-*.tar", streaming=True)
+    with pytest.warns(UserWarning, match="skipped") as caught:
+        texts = sorted(row["text"] for row in streamed)
+    assert sum(int(str(w.message).split("skipped ")[1].split()[0]) for w in caught) == 2  # reported per shard
+    assert texts == sorted(data["text"])
+
+
+def test_coco_detection(tmp_path):
+    write_image(tmp_path / "images" / "1.jpg", size=(64, 48))
+    write_corrupt(tmp_path / "images" / "2.jpg")
+    coco = {
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 64, "height": 48},
+                   {"id": 2, "file_name": "2.jpg", "width": 64, "height": 48}],
+        "annotations": [{"id": 10, "image_id": 1, "bbox": [1, 2, 10, 12], "category_id": 7, "area": 120},
+                        {"id": 11, "image_id": 1, "bbox": [20, 5, 8, 8], "category_id": 3}],
+        "categories": [{"id": 3, "name": "square"}, {"id": 7, "name": "circle"}],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    with pytest.warns(UserWarning, match="skipped 1"):
+        data = load_coco_detection(tmp_path / "instances.json", tmp_path / "images")
+    objects = data[0]["objects"]
+    category = data.features["objects"]["category"]
+    category = getattr(category, "feature", category)
+    assert category.names == ["square", "circle"]
+    assert objects["category"] == [1, 0] and objects["bbox"][0] == [1, 2, 10, 12] and objects["area"][1] == 64
+    del coco["categories"]
+    (tmp_path / "bad.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match="categories"):
+        load_coco_detection(tmp_path / "bad.json", tmp_path / "images")
+
+
+def test_vqav2(tmp_path):
+    write_image(tmp_path / "images" / "COCO_val2014_000000000042.jpg")
+    questions = {"questions": [{"image_id": 42, "question": "what colour?", "question_id": 420}]}
+    annotations = {"annotations": [{"question_id": 420, "question_type": "what color",
+                                    "multiple_choice_answer": "red",
+                                    "answers": [{"answer": "red"}] * 9 + [{"answer": "orange"}]}]}
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    (tmp_path / "a.json").write_text(json.dumps(annotations))
+    data = load_vqav2(tmp_path / "q.json", tmp_path / "a.json", tmp_path / "images")
+    row = data[0]
+    assert row["question"] == "what colour?" and len(row["answers"]) == 10 and row["answer"] == "red"
+
+
+def write_video(path, frames=6):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.height, stream.width, stream.pix_fmt = 32, 32, "yuv420p"
+        for index in range(frames):
+            image = np.full((32, 32, 3), index * 40, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_video_folder(tmp_path):
+    write_video(tmp_path / "a.mp4")
+    write_video(tmp_path / "b.mp4")
+    (tmp_path / "c.mp4").write_text("not a video")
+    (tmp_path / "labels.csv").write_text("path,label\na.mp4,waving\nb.mp4,jumping\nc.mp4,waving\n")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable video"):
+        data = load_video_folder(tmp_path, tmp_path / "labels.csv")
+    assert data.features["label"].names == ["jumping", "waving"] and data["caption"] == ["waving", "jumping"]
+    decoded = load_video_folder(tmp_path, tmp_path / "labels.csv", decode=True, num_frames=4, strict=False)
+    assert len(decoded[0]["frames"]) == 4
+    with pytest.raises(ValueError, match="c.mp4"):
+        load_video_folder(tmp_path, tmp_path / "labels.csv", strict=True)
+    with pytest.raises(ValueError, match="no column"):
+        load_video_folder(tmp_path, tmp_path / "labels.csv", label_column="action")
