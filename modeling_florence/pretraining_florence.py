@@ -131,20 +131,24 @@ class BatchMaker:
         if self.per_epoch == 0:
             raise ValueError(f"{len(dataset)} training pairs cannot fill one batch of {recipe.batch_size}")
 
+    def this_process(self, values: np.ndarray) -> np.ndarray:
+        return values[self.rank * self.per_process : (self.rank + 1) * self.per_process]
+
     def indices(self, micro_step: int) -> np.ndarray:
         epoch, position = divmod(micro_step, self.per_epoch)
         order = np.random.default_rng([self.recipe.seed, epoch]).permutation(len(self.dataset))
-        batch = order[position * self.recipe.batch_size : (position + 1) * self.recipe.batch_size]
-        return batch[self.rank * self.per_process : (self.rank + 1) * self.per_process]
+        return self.this_process(order[position * self.recipe.batch_size : (position + 1) * self.recipe.batch_size])
 
     def __call__(self, micro_step: int, stage: Stage) -> dict:
         indices = self.indices(micro_step)
         rows = self.dataset[indices.tolist()]
-        rng = np.random.default_rng([self.recipe.seed, micro_step, self.rank, 7])
+        # Template draws for the whole global batch, then this process's slice: the same texts however many
+        # processes share the batch.
+        rng = np.random.default_rng([self.recipe.seed, micro_step, 7])
+        choices = self.this_process(rng.integers(len(self.templates), size=self.recipe.batch_size))
         texts = [
-            self.templates[rng.integers(len(self.templates))].format(text) if is_label and stage.prompt_templates
-            else text
-            for text, is_label in zip(rows["text"], rows.get("is_label", [False] * len(indices)))
+            self.templates[choice].format(text) if is_label and stage.prompt_templates else text
+            for text, is_label, choice in zip(rows["text"], rows.get("is_label", [False] * len(indices)), choices)
         ]
         size = stage.image_size
         image_kwargs = {} if size is None else {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
@@ -234,8 +238,14 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
     """Run the recipe; returns the final evaluation results."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    # Several processes on a machine without CUDA: Accelerate needs `cpu=True` to form a gloo process group.
+    multi_process_cpu = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=multi_process_cpu,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        # The schedule counts global optimizer steps; it is stepped once per optimizer step below, whatever the
+        # number of processes (Accelerate would otherwise step it once per process).
+        step_scheduler_with_optimizer=False,
         mixed_precision=recipe.mixed_precision,
         log_with=_available_tracker(log_with),
         project_dir=str(output),
@@ -285,7 +295,8 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
                 if accelerator.sync_gradients and recipe.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             seen += inputs["input_ids"].shape[0] * accelerator.num_processes
         step += 1

@@ -1,0 +1,118 @@
+"""UniCL pretraining: an interrupted run resumes exactly, 2 processes equal 1, and the result loads everywhere."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, pipeline
+
+from modeling_florence import FlorenceModel
+from modeling_florence.evaluation_florence import format_table, retrieval_recall, topk_accuracy
+from modeling_florence.pretraining_florence import Recipe, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_recipe(tmp_path, steps=(4, 2), batch_size=16, **overrides) -> Path:
+    recipe = {
+        "model": "florence-tiny",
+        "data": {"source": "shapes", "num_train": 96, "num_validation": 0, "num_test": 24,
+                 "num_classification_test": 30},
+        "batch_size": batch_size, "learning_rate": 0.002, "warmup_steps": 2,
+        "stages": [{"name": "stage1", "steps": steps[0], "prompt_templates": True},
+                   {"name": "stage2", "steps": steps[1], "prompt_templates": False}],
+        "checkpoint_every": 3, "seed": 0, **overrides,
+    }
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+def losses(output: Path) -> dict[int, float]:
+    with open(output / "metrics.csv") as handle:
+        return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle) if row.get("loss")}
+
+
+def test_killed_run_resumes_like_an_uninterrupted_one(tmp_path):
+    recipe = Recipe.from_file(tiny_recipe(tmp_path))
+    train(recipe, tmp_path / "full", log_with=None)
+    train(recipe, tmp_path / "resumed", stop_after_step=3, log_with=None)  # interrupted right after a checkpoint
+    assert (tmp_path / "resumed" / "checkpoints" / "latest").read_text() == "step-0000003"
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    train(recipe, tmp_path / "resumed", resume_from_checkpoint="latest", log_with=None)
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "resumed")
+    assert sorted(resumed) == list(range(1, 7))
+    for step in range(4, 7):
+        assert resumed[step] == pytest.approx(full[step], abs=1e-5)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0)
+    assert not list((tmp_path / "resumed" / "checkpoints").glob(".tmp-*"))  # no half-written checkpoint left
+
+
+def test_saved_model_loads_with_auto_classes_and_pipeline(tmp_path):
+    recipe = Recipe.from_file(tiny_recipe(tmp_path, steps=(2, 1)))
+    results = train(recipe, tmp_path / "run", log_with=None)
+    assert {"zero_shot_top1", "zero_shot_top5", "i2t_R@5", "t2i_R@10"} <= set(results)
+    output = tmp_path / "run"
+    assert (output / "training_curves.png").stat().st_size > 1000
+    assert json.loads((output / "eval_results.json").read_text()) == results
+    assert isinstance(AutoModel.from_pretrained(output), FlorenceModel)
+    from modeling_florence.shapes import build_classification
+
+    image = build_classification(num_train=1, num_validation=0, num_test=0)["train"][0]["image"]
+    scores = pipeline("zero-shot-image-classification", model=str(output))(image, candidate_labels=["red circle",
+                                                                                                      "blue star"])
+    assert len(scores) == 2
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown recipe keys \['learning_rat'\]"):
+        Recipe.from_file(tiny_recipe(tmp_path, learning_rat=0.1))
+    path = tmp_path / "stage.json"
+    path.write_text(json.dumps({"stages": [{"name": "s", "steps": 1, "epochs": 2}]}))
+    with pytest.raises(ValueError, match="Unknown stage keys"):
+        Recipe.from_file(path)
+
+
+def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
+    # A small learning rate: Adam's first steps are sign-like, so float-rounding differences in near-zero gradients
+    # would otherwise flip whole updates; equal arithmetic is what is being tested, not chaos.
+    recipe = tiny_recipe(tmp_path, steps=(2, 1), batch_size=8, checkpoint_every=0, learning_rate=1e-5)
+    command = [sys.executable, "-m", "modeling_florence.pretraining_florence", "--recipe", str(recipe),
+               "--log_with", "none", "--output"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(command + [str(tmp_path / "one")], cwd=REPO, env=environment, capture_output=True,
+                            text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                "--master_port=29517", "-m", "modeling_florence.pretraining_florence"]
+    double = subprocess.run(launcher + command[3:] + [str(tmp_path / "two")], cwd=REPO, env=environment,
+                            capture_output=True, text=True, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3], (one, two)
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5)
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
+
+
+def test_metrics_on_constructed_cases():
+    logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.0, 0.6, 0.4]])
+    assert topk_accuracy(logits, torch.tensor([0, 1, 1]), ks=(1, 2)) == {"top1": pytest.approx(200 / 3),
+                                                                         "top2": pytest.approx(100.0)}
+    embeds = torch.eye(4)
+    texts = torch.eye(4)[[0, 1, 3, 2]]  # pairs 2 and 3 swapped
+    recall = retrieval_recall(embeds, texts, ks=(1, 2))
+    assert recall["i2t_R@1"] == 50.0 and recall["t2i_R@1"] == 50.0 and recall["i2t_R@2"] == 50.0
+    assert "i2t_R@1" in format_table(recall)
+    with pytest.raises(ValueError, match="as many texts as images"):
+        retrieval_recall(embeds, texts[:3])
