@@ -22,5 +22,10 @@ test: install
 bench: install
 	$(PY) bench/bench_towers.py
 
+# The main job: generate Florence Shapes, pretrain florence-tiny with UniCL, evaluate held-out zero-shot accuracy
+# and retrieval, save the model and its processor to outputs/florence-tiny-shapes.
+demo: install
+	$(PY) examples/pretrain_unicl.py --recipe configuration/recipe-unicl-tiny.json --output outputs/florence-tiny-shapes
+
 clean:
 	rm -rf $(VENV) build *.egg-info

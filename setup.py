@@ -40,4 +40,5 @@ setup(
         "train": ["tensorboard", "matplotlib", "scikit-learn"],
         "dev": ["pytest", "open_clip_torch", "av", "tensorboard", "matplotlib", "scikit-learn", "ftfy", "regex"],
     },
+    entry_points={"console_scripts": ["florence-pretrain=modeling_florence.pretraining_florence:main"]},
 )
