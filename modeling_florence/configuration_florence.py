@@ -200,10 +200,12 @@ def available_presets() -> list[str]:
 
 
 def _preset_model_type(path: Path):
+    """The model type a JSON file declares, or None for other files in the folder (recipes, templates)."""
     try:
-        return json.loads(path.read_text()).get("model_type")
+        content = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return content.get("model_type") if isinstance(content, dict) else None
 
 
 def load_preset(name: str, **overrides) -> PreTrainedConfig:

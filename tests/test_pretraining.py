@@ -111,8 +111,8 @@ def test_metrics_on_constructed_cases():
                                                                          "top2": pytest.approx(100.0)}
     embeds = torch.eye(4)
     texts = torch.eye(4)[[0, 1, 3, 2]]  # pairs 2 and 3 swapped
-    recall = retrieval_recall(embeds, texts, ks=(1, 2))
-    assert recall["i2t_R@1"] == 50.0 and recall["t2i_R@1"] == 50.0 and recall["i2t_R@2"] == 50.0
+    recall = retrieval_recall(embeds, texts, ks=(1, 4))
+    assert recall["i2t_R@1"] == 50.0 and recall["t2i_R@1"] == 50.0 and recall["i2t_R@4"] == 100.0
     assert "i2t_R@1" in format_table(recall)
     with pytest.raises(ValueError, match="as many texts as images"):
         retrieval_recall(embeds, texts[:3])
