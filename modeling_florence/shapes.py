@@ -227,22 +227,47 @@ def detailed_caption(obj: ShapeObject, image_size: int) -> str:
     return f"a {obj.size_word} {obj.colour} {obj.shape} at the {obj.position(image_size)}"
 
 
+def held_out_object(rng: np.random.Generator, index: int, image_size: int) -> ShapeObject:
+    """The object of held-out example `index`: its (colour, shape, size, grid cell) is combination `index` modulo
+    all combinations, placed at random inside that cell."""
+    cells = [(row, column) for row in range(3) for column in range(3)]
+    combination = index % (len(CLASS_COLOURS) * len(CLASS_SHAPES) * 2 * 9)
+    colour_shape, rest = divmod(combination, 18)
+    colour, shape = CLASS_COLOURS[colour_shape // len(CLASS_SHAPES)], CLASS_SHAPES[colour_shape % len(CLASS_SHAPES)]
+    large, cell = divmod(rest, 9)
+    obj = sample_object(rng, image_size, shapes=(shape,), colours=(colour,))
+    low, high = (0.21, 0.3) if large else (0.12, 0.2)  # either side of the small/large boundary (0.21)
+    obj.radius = float(rng.uniform(low, high) * image_size)
+    row, column = cells[cell]
+    margin = obj.radius + 1
+    for axis, position in (("cy", row), ("cx", column)):
+        start = max(margin, position * image_size / 3 + 0.5)
+        end = min(image_size - margin, (position + 1) * image_size / 3 - 0.5)
+        setattr(obj, axis, float(rng.uniform(start, end)) if end > start else float((start + end) / 2))
+    return obj
+
+
 def build_pairs(
     num_train: int = 20000, num_validation: int = 1000, num_test: int = 1000, image_size: int = 64, seed: int = 0,
     label_fraction: float = 0.3, detailed_fraction: float = 0.3,
 ) -> DatasetDict:
     """Image-text pairs: short labels (is_label, for prompt templates), varied captions, detailed captions.
 
-    Held-out splits (validation/test) hold single-object images with detailed captions, the retrieval benchmark."""
+    Held-out splits (validation/test) hold single-object images with detailed captions that cycle through all 540
+    (colour, shape, size, position) combinations: the retrieval benchmark, with distinct captions."""
     features = Features({"image": Image(), "text": Value("string"), "is_label": Value("bool"),
                          "num_objects": Value("int32")})
 
     def make(rng, split, index):
         held_out = split != "train"
-        count = 1 if held_out or rng.random() < 0.7 else int(rng.integers(2, 4))
+        if held_out:  # cycle through every (colour, shape, size, position): distinct captions, balanced
+            objects = [held_out_object(rng, index, image_size)]
+            return {"image": png(render(objects, image_size, rng)), "text": detailed_caption(objects[0], image_size),
+                    "is_label": False, "num_objects": 1}
+        count = 1 if rng.random() < 0.7 else int(rng.integers(2, 4))
         objects = sample_scene(rng, image_size, count, shapes=CLASS_SHAPES, colours=CLASS_COLOURS)
         draw = rng.random()
-        if held_out or (count == 1 and draw < detailed_fraction):
+        if count == 1 and draw < detailed_fraction:
             text, is_label = detailed_caption(objects[0], image_size), False
         elif count == 1 and draw < detailed_fraction + label_fraction:
             text, is_label = f"{objects[0].colour} {objects[0].shape}", True
