@@ -5,8 +5,6 @@ import io
 import json
 import tarfile
 
-import av
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -138,21 +136,9 @@ def test_vqav2(tmp_path):
     assert row["question"] == "what colour?" and len(row["answers"]) == 10 and row["answer"] == "red"
 
 
-def write_video(path, frames=6):
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=5)
-        stream.height, stream.width, stream.pix_fmt = 32, 32, "yuv420p"
-        for index in range(frames):
-            image = np.full((32, 32, 3), index * 40, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def test_video_folder(tmp_path):
-    write_video(tmp_path / "a.mp4")
-    write_video(tmp_path / "b.mp4")
+def test_video_folder(tmp_path, video_writer):
+    video_writer(tmp_path / "a.mp4", frames=6)
+    video_writer(tmp_path / "b.mp4", frames=6)
     (tmp_path / "c.mp4").write_text("not a video")
     (tmp_path / "labels.csv").write_text("path,label\na.mp4,waving\nb.mp4,jumping\nc.mp4,waving\n")
     with pytest.warns(UserWarning, match="skipped 1 unreadable video"):

@@ -1,6 +1,5 @@
 """Tokenizer, image/video processors and FlorenceProcessor: parity with open_clip and Transformers' CLIP, offline."""
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -125,22 +124,8 @@ def test_image_processor_options_and_errors():
         FlorenceImageProcessor()(object())
 
 
-def write_video(path, frames=12, size=(48, 64)):
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        for index in range(frames):
-            frame = np.zeros((*size, 3), np.uint8)
-            frame[:, index * 4 : index * 4 + 8] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def test_video_processor_decodes_samples_and_pads(tmp_path):
-    write_video(tmp_path / "clip.mp4")
+def test_video_processor_decodes_samples_and_pads(tmp_path, video_writer):
+    video_writer(tmp_path / "clip.mp4")
     processor = FlorenceVideoProcessor(num_frames=4, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     out = processor(str(tmp_path / "clip.mp4"))
     assert out["pixel_values_videos"].shape == (1, 4, 3, 32, 32) and out["num_views"] == 1
@@ -154,8 +139,8 @@ def test_video_processor_decodes_samples_and_pads(tmp_path):
     assert strided.clip_indices(20)[0].tolist() == [8, 10, 12]
 
 
-def test_video_processor_views_and_errors(tmp_path):
-    write_video(tmp_path / "clip.mp4", frames=16)
+def test_video_processor_views_and_errors(tmp_path, video_writer):
+    video_writer(tmp_path / "clip.mp4", frames=16)
     processor = FlorenceVideoProcessor(num_frames=4, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     out = processor([str(tmp_path / "clip.mp4")] * 2, num_clips=2, num_crops=3)
     assert out["pixel_values_videos"].shape == (2 * 6, 4, 3, 32, 32) and out["num_views"] == 6

@@ -1,0 +1,25 @@
+"""Shared test helpers."""
+
+import av
+import numpy as np
+import pytest
+
+
+def write_video(path, frames=12, size=(48, 64), rate=10):
+    """A small mp4 of a bright vertical bar moving right (so frame order is checkable)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for index in range(frames):
+            frame = np.zeros((*size, 3), np.uint8)
+            frame[:, index * 4 : index * 4 + 8] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture
+def video_writer():
+    return write_video
