@@ -116,22 +116,27 @@ def bench_vision(batch_size: int, repeats: int):
           " (goal >= 0.9x)")
 
 
-def bench_train_step(batch_size: int, repeats: int):
-    """florence-base (CoSwin-B + 512x12 text) vs a Transformers dual encoder of the same sizes."""
-    florence_config = load_preset("florence-base")
-    florence_config.vision_config.drop_path_rate = 0.0
-    florence = FlorenceModel(florence_config)
-    vision = florence_config.vision_config
-    text = florence_config.text_config
+def dual_encoder_like(florence_config) -> VisionTextDualEncoderModel:
+    """Transformers' Swin + CLIP text dual encoder with the tower sizes of a Florence config (the training peer)."""
+    vision, text = florence_config.vision_config, florence_config.text_config
     peer_config = VisionTextDualEncoderConfig.from_vision_text_configs(
-        SwinConfig(embed_dim=vision.embed_dim, depths=vision.depths, num_heads=vision.num_heads, drop_path_rate=0.0),
+        SwinConfig(image_size=vision.image_size, patch_size=vision.patch_size, window_size=vision.window_size,
+                   embed_dim=vision.embed_dim, depths=vision.depths, num_heads=vision.num_heads, drop_path_rate=0.0),
         CLIPTextConfig(
             hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
             num_hidden_layers=text.num_hidden_layers, num_attention_heads=text.num_attention_heads,
         ),
         projection_dim=florence_config.projection_dim,
     )
-    peer = VisionTextDualEncoderModel(peer_config).to(DEVICE)
+    return VisionTextDualEncoderModel(peer_config)
+
+
+def bench_train_step(batch_size: int, repeats: int):
+    """florence-base (CoSwin-B + 512x12 text) vs a Transformers dual encoder of the same sizes."""
+    florence_config = load_preset("florence-base")
+    florence_config.vision_config.drop_path_rate = 0.0
+    florence = FlorenceModel(florence_config)
+    peer = dual_encoder_like(florence_config).to(DEVICE)
     florence.to(DEVICE)
     pixel_values = torch.randn(batch_size, 3, 224, 224, device=DEVICE)
     input_ids = torch.randint(1, 49000, (batch_size, 77), device=DEVICE)

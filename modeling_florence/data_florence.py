@@ -80,6 +80,18 @@ def load_image_folder(root: str | Path, strict: bool = False) -> Dataset:
                              features=Features({"image": Image(), "label": ClassLabel(names=classes)}))
 
 
+def image_folder_pairs(root: str | Path, strict: bool = False) -> Dataset:
+    """Image-label pairs from `root/<class name>/<image>`: the text is the class name (underscores as spaces),
+    marked `is_label` so that prompt templates apply and all images of a class are UniCL positives."""
+    folder = load_image_folder(root, strict)
+    names = [name.replace("_", " ") for name in folder.features["label"].names]
+    return Dataset.from_dict(
+        {"image": folder.cast_column("image", Image(decode=False))["image"],
+         "text": [names[label] for label in folder["label"]], "is_label": [True] * len(folder)},
+        features=PAIR_FEATURES,
+    )
+
+
 def _rows_from_table(path: Path, source: str) -> list[dict]:
     if source == "jsonl":
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from datasets import IterableDataset
 from transformers import get_cosine_schedule_with_warmup
 
 from .configuration_florence import load_preset, presets_dir
@@ -33,7 +34,7 @@ from .processing_florence import FlorenceProcessor, text_labels
 RECIPE_KEYS = {
     "model", "model_overrides", "data", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
     "warmup_steps", "max_grad_norm", "stages", "eval_every", "checkpoint_every", "templates", "seed",
-    "mixed_precision", "gradient_checkpointing", "keep_checkpoints",
+    "mixed_precision", "gradient_checkpointing", "keep_checkpoints", "cache_images",
 }
 STAGE_KEYS = {"name", "steps", "prompt_templates", "image_size"}
 
@@ -65,6 +66,7 @@ class Recipe:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     keep_checkpoints: int = 2
+    cache_images: bool = False  # preprocess every training image once and keep the tensors (small data sets)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> "Recipe":
@@ -111,7 +113,11 @@ def load_training_data(data: dict, image_size: int):
             seed=1,
         )
         return pairs["train"], pairs["test"], classification["test"]
-    if source in ("jsonl", "csv", "imagefolder", "webdataset"):
+    if source == "imagefolder":
+        from .data_florence import image_folder_pairs
+
+        return image_folder_pairs(**data), None, None
+    if source in ("jsonl", "csv", "webdataset"):
         from .data_florence import load_image_text_pairs
 
         return load_image_text_pairs(source=source, **data), None, None
@@ -119,19 +125,30 @@ def load_training_data(data: dict, image_size: int):
 
 
 class BatchMaker:
-    """Turns a global step into this process's slice of the global batch: deterministic, so resuming is exact."""
+    """Turns a global step into this process's slice of the global batch: deterministic, so resuming is exact.
 
-    def __init__(self, dataset, processor, recipe: Recipe, templates: list[str], rank: int, world_size: int):
+    UniCL labels come from the text *before* prompt templating: an image-label pair's label is its class, whichever
+    template renders it, so two images of one class are positives even when their prompts differ. With
+    `cache_images`, every image is preprocessed once per image size and kept as a tensor (preprocessing is
+    deterministic, so batches are identical to the uncached ones; this costs 48 KiB per 64x64 image)."""
+
+    def __init__(self, dataset, processor, recipe: Recipe, templates: list[str], rank: int, world_size: int,
+                 cache_images: bool = False):
         self.dataset, self.processor, self.recipe, self.templates = dataset, processor, recipe, templates
         self.rank, self.world_size = rank, world_size
         if recipe.batch_size % world_size:
             raise ValueError(f"batch_size {recipe.batch_size} is not divisible by {world_size} processes")
         self.per_process = recipe.batch_size // world_size
+        self.cache_images = cache_images
+        self.pixel_cache: dict[int | None, torch.Tensor] = {}
+        if isinstance(dataset, IterableDataset):
+            return
         self.per_epoch = len(dataset) // recipe.batch_size
         if self.per_epoch == 0:
             raise ValueError(f"{len(dataset)} training pairs cannot fill one batch of {recipe.batch_size}")
+        self.columns = {name: dataset[name] for name in ("text", "is_label") if name in dataset.column_names}
 
-    def this_process(self, values: np.ndarray) -> np.ndarray:
+    def this_process(self, values):
         return values[self.rank * self.per_process : (self.rank + 1) * self.per_process]
 
     def indices(self, micro_step: int) -> np.ndarray:
@@ -139,21 +156,82 @@ class BatchMaker:
         order = np.random.default_rng([self.recipe.seed, epoch]).permutation(len(self.dataset))
         return self.this_process(order[position * self.recipe.batch_size : (position + 1) * self.recipe.batch_size])
 
-    def __call__(self, micro_step: int, stage: Stage) -> dict:
-        indices = self.indices(micro_step)
-        rows = self.dataset[indices.tolist()]
+    @staticmethod
+    def image_kwargs(image_size: int | None) -> dict:
+        return {} if image_size is None else {
+            "size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size}}
+
+    def pixel_values(self, indices: list[int], image_size: int | None) -> torch.Tensor:
+        kwargs = self.image_kwargs(image_size)
+        if not self.cache_images:
+            return self.processor(images=self.dataset[indices]["image"], **kwargs)["pixel_values"]
+        if image_size not in self.pixel_cache:
+            chunks = [self.processor(images=self.dataset[start : start + 1024]["image"], **kwargs)["pixel_values"]
+                      for start in range(0, len(self.dataset), 1024)]
+            self.pixel_cache = {image_size: torch.cat(chunks)}  # one size at a time: stages move to larger images
+        return self.pixel_cache[image_size][indices]
+
+    def text_inputs(self, texts: list[str], is_label: list[bool], micro_step: int, stage: Stage) -> dict:
+        """Token ids of the (templated) prompts and UniCL labels of the texts before templating."""
         # Template draws for the whole global batch, then this process's slice: the same texts however many
         # processes share the batch.
         rng = np.random.default_rng([self.recipe.seed, micro_step, 7])
         choices = self.this_process(rng.integers(len(self.templates), size=self.recipe.batch_size))
-        texts = [
-            self.templates[choice].format(text) if is_label and stage.prompt_templates else text
-            for text, is_label, choice in zip(rows["text"], rows.get("is_label", [False] * len(indices)), choices)
+        prompts = [
+            self.templates[choice].format(text) if label and stage.prompt_templates else text
+            for text, label, choice in zip(texts, is_label, choices)
         ]
-        size = stage.image_size
-        image_kwargs = {} if size is None else {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
-        inputs = self.processor(text=texts, images=rows["image"], return_labels=True, **image_kwargs)
-        return dict(inputs)
+        inputs = dict(self.processor(text=prompts))
+        inputs["labels"] = text_labels(texts)
+        return inputs
+
+    def __call__(self, micro_step: int, stage: Stage) -> dict:
+        indices = self.indices(micro_step).tolist()
+        texts = [self.columns["text"][index] for index in indices]
+        is_label = [self.columns["is_label"][index] for index in indices] if "is_label" in self.columns else [
+            False] * len(indices)
+        inputs = self.text_inputs(texts, is_label, micro_step, stage)
+        inputs["pixel_values"] = self.pixel_values(indices, stage.image_size)
+        return inputs
+
+
+class StreamingBatchMaker(BatchMaker):
+    """Batches read in order from a streamed data set (webdataset shards), never held in memory.
+
+    Epoch e reads the stream shuffled with seed (seed, e) through a buffer; step k holds rows k*B..(k+1)*B-1 of the
+    concatenated epochs, so a resumed run (which skips the rows already used) sees the uninterrupted run's batches.
+    Every process reads the stream and keeps its slice of the global batch."""
+
+    SHUFFLE_BUFFER = 1000
+
+    def __init__(self, dataset, processor, recipe: Recipe, templates: list[str], rank: int, world_size: int):
+        super().__init__(dataset, processor, recipe, templates, rank, world_size)
+        self.rows, self.position = None, 0
+
+    def stream(self):
+        epoch = 0
+        while True:
+            empty = True
+            for row in self.dataset.shuffle(seed=self.recipe.seed * 100003 + epoch, buffer_size=self.SHUFFLE_BUFFER):
+                empty = False
+                yield row
+            if empty:
+                raise ValueError("The streamed training data holds no rows")
+            epoch += 1
+
+    def __call__(self, micro_step: int, stage: Stage) -> dict:
+        start = micro_step * self.recipe.batch_size
+        if self.rows is None or start < self.position:
+            self.rows, self.position = self.stream(), 0
+        for _ in range(start - self.position):  # resuming: skip the rows earlier steps used
+            next(self.rows)
+        rows = self.this_process([next(self.rows) for _ in range(self.recipe.batch_size)])
+        self.position = start + self.recipe.batch_size
+        inputs = self.text_inputs([row["text"] for row in rows], [bool(row.get("is_label")) for row in rows],
+                                  micro_step, stage)
+        images = [row["image"] for row in rows]
+        inputs["pixel_values"] = self.processor(images=images, **self.image_kwargs(stage.image_size))["pixel_values"]
+        return inputs
 
 
 def save_checkpoint(accelerator: Accelerator, output: Path, step: int, history: list, keep: int) -> Path:
@@ -227,7 +305,8 @@ def plot_history(history: list[dict], path: Path) -> None:
         if any(key in h for h in evals):
             axes[1].plot([h["step"] for h in evals if key in h], [h[key] for h in evals if key in h], marker="o", label=key)
     axes[1].set(xlabel="step", ylabel="%", title="held-out evaluation", ylim=(0, 100))
-    axes[1].legend()
+    if evals:
+        axes[1].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -271,7 +350,12 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
     scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, max(1, recipe.total_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    batches = BatchMaker(train_pairs, processor, recipe, templates, accelerator.process_index, accelerator.num_processes)
+    if isinstance(train_pairs, IterableDataset):
+        batches = StreamingBatchMaker(train_pairs, processor, recipe, templates, accelerator.process_index,
+                                      accelerator.num_processes)
+    else:
+        batches = BatchMaker(train_pairs, processor, recipe, templates, accelerator.process_index,
+                             accelerator.num_processes, cache_images=recipe.cache_images)
     step, history = 0, []
     checkpoint = resolve_checkpoint(output, resume_from_checkpoint)
     if checkpoint is not None:
@@ -328,7 +412,7 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
         (output / "eval_results.json").write_text(json.dumps(results, indent=2))
         _write_history(history, output / "metrics.csv")
         plot_history(history, output / "training_curves.png")
-        print(format_table(results))
+        print(format_table(results) if results else "No held-out evaluation sets for this data source")
     accelerator.end_training()
     return results
 

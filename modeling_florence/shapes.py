@@ -41,6 +41,10 @@ COLOURS = {
 # Zero-shot classes: 6 colours x 5 shapes = 30 classes, distinguishable at 64 px.
 CLASS_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 CLASS_SHAPES = ("circle", "square", "triangle", "star", "cross")
+# Radius (half extent) of a pair/classification object as a fraction of the image side; "small" and "large" are the
+# two halves of the range. The smallest object spans ~6 patches of a 64 px, patch-4 encoder; the largest still fits
+# inside a corner cell of the 3x3 position grid.
+RADIUS_RANGE = (0.18, 0.3)
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "center", "right")
 ACTIONS = ("moving left", "moving right", "moving up", "moving down", "growing", "shrinking", "rotating")
 SPLITS = ("train", "validation", "test")
@@ -150,7 +154,7 @@ def tight_box(obj: ShapeObject, image_size: int) -> list[float]:
 
 
 def sample_object(
-    rng: np.random.Generator, image_size: int, shapes=SHAPES, colours=tuple(COLOURS), radius_range=(0.12, 0.3)
+    rng: np.random.Generator, image_size: int, shapes=SHAPES, colours=tuple(COLOURS), radius_range=RADIUS_RANGE
 ) -> ShapeObject:
     radius = rng.uniform(*radius_range) * image_size
     margin = radius + 1
@@ -236,7 +240,9 @@ def held_out_object(rng: np.random.Generator, index: int, image_size: int) -> Sh
     colour, shape = CLASS_COLOURS[colour_shape // len(CLASS_SHAPES)], CLASS_SHAPES[colour_shape % len(CLASS_SHAPES)]
     large, cell = divmod(rest, 9)
     obj = sample_object(rng, image_size, shapes=(shape,), colours=(colour,))
-    low, high = (0.21, 0.3) if large else (0.12, 0.2)  # either side of the small/large boundary (0.21)
+    smallest, largest = RADIUS_RANGE
+    boundary, gap = (smallest + largest) / 2, 0.01 * (largest - smallest)  # keep clear of the small/large boundary
+    low, high = (boundary + gap, largest) if large else (smallest, boundary - gap)
     obj.radius = float(rng.uniform(low, high) * image_size)
     row, column = cells[cell]
     margin = obj.radius + 1

@@ -72,6 +72,86 @@ def test_saved_model_loads_with_auto_classes_and_pipeline(tmp_path):
     assert len(scores) == 2
 
 
+def test_batches_label_classes_not_prompts_and_cached_images_match(tmp_path):
+    from modeling_florence.pretraining_florence import BatchMaker, Stage
+    from modeling_florence.processing_florence import FlorenceProcessor, text_label
+    from modeling_florence.shapes import build_pairs
+
+    pairs = build_pairs(num_train=32, num_validation=0, num_test=0)["train"]
+    pairs = pairs.map(lambda row, index: {"text": "red circle" if index < 16 else row["text"],
+                                          "is_label": index < 16 or row["is_label"]}, with_indices=True)
+    recipe = Recipe.from_file(tiny_recipe(tmp_path, batch_size=32))
+    processor = FlorenceProcessor.from_defaults(image_size=64)
+    templates = ["a photo of a {}.", "a drawing of a {}."]
+    batches = BatchMaker(pairs, processor, recipe, templates, rank=0, world_size=1)
+    batch = batches(0, Stage("stage1", 1, prompt_templates=True))
+    order = batches.indices(0)
+    red = [position for position, index in enumerate(order) if index < 16]
+    prompts = {processor.decode(batch["input_ids"][p], skip_special_tokens=True) for p in red}
+    assert len(prompts) == 2  # both templates were drawn for the same class ...
+    assert set(batch["labels"][red].tolist()) == {text_label("red circle")}  # ... and the class is one positive set
+    cached = BatchMaker(pairs, processor, recipe, templates, rank=0, world_size=1, cache_images=True)
+    for micro_step, size in ((0, None), (1, 48)):
+        stage = Stage("s", 1, image_size=size)
+        expected, got = batches(micro_step, stage), cached(micro_step, stage)
+        assert got["pixel_values"].shape[-1] == (size or 64)
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+
+
+def write_shapes_shards(folder: Path, pairs, shards: int = 2) -> None:
+    import io
+    import tarfile
+
+    def add(archive, name, payload: bytes):
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+
+    for shard in range(shards):
+        with tarfile.open(folder / f"shard-{shard}.tar", "w") as archive:
+            for index in range(shard, len(pairs), shards):
+                buffer = io.BytesIO()
+                pairs[index]["image"].save(buffer, format="PNG")
+                add(archive, f"{index:05d}.png", buffer.getvalue())
+                add(archive, f"{index:05d}.txt", pairs[index]["text"].encode())
+
+
+def test_streamed_webdataset_run_resumes_exactly(tmp_path):
+    from modeling_florence.shapes import build_pairs
+
+    write_shapes_shards(tmp_path, build_pairs(num_train=40, num_validation=0, num_test=0)["train"])
+    data = {"source": "webdataset", "path": str(tmp_path / "shard-*.tar"), "streaming": True}
+    recipe = Recipe.from_file(tiny_recipe(tmp_path, steps=(3, 2), batch_size=16, data=data, checkpoint_every=2))
+    train(recipe, tmp_path / "full", log_with=None)  # 5 steps of 16 rows: the stream wraps into a second epoch
+    train(recipe, tmp_path / "resumed", stop_after_step=2, log_with=None)
+    train(recipe, tmp_path / "resumed", resume_from_checkpoint="latest", log_with=None)
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "resumed")
+    assert sorted(full) == sorted(resumed) == [1, 2, 3, 4, 5]
+    for step in range(3, 6):
+        assert resumed[step] == pytest.approx(full[step], abs=1e-5)
+
+
+def test_image_folder_trains_on_class_names(tmp_path):
+    from modeling_florence.pretraining_florence import BatchMaker, Stage, load_training_data
+    from modeling_florence.processing_florence import FlorenceProcessor, text_label
+    from modeling_florence.shapes import build_classification
+
+    classification = build_classification(num_train=16, num_validation=0, num_test=0)["train"]
+    names = classification.features["label"].names
+    for index, row in enumerate(classification):
+        folder = tmp_path / "images" / names[row["label"]].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        row["image"].save(folder / f"{index}.png")
+    pairs, _, _ = load_training_data({"source": "imagefolder", "root": str(tmp_path / "images")}, 64)
+    assert sorted(set(pairs["text"])) == sorted(names[:16]) and all(pairs["is_label"])
+    recipe = Recipe.from_file(tiny_recipe(tmp_path, batch_size=16))
+    batch = BatchMaker(pairs, FlorenceProcessor.from_defaults(image_size=64), recipe, ["a photo of a {}."], 0, 1)(
+        0, Stage("stage1", 1))
+    assert batch["pixel_values"].shape == (16, 3, 64, 64)
+    assert set(batch["labels"].tolist()) == {text_label(name) for name in names[:16]}
+
+
 def test_recipe_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"Unknown recipe keys \['learning_rat'\]"):
         Recipe.from_file(tiny_recipe(tmp_path, learning_rat=0.1))
