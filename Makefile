@@ -21,6 +21,7 @@ test: install
 
 bench: install
 	$(PY) bench/bench_towers.py
+	$(PY) bench/bench_pretrain.py
 
 # The main job: generate Florence Shapes, pretrain florence-tiny with UniCL, evaluate held-out zero-shot accuracy
 # and retrieval, save the model and its processor to outputs/florence-tiny-shapes.

@@ -141,6 +141,7 @@ class BatchMaker:
         self.per_process = recipe.batch_size // world_size
         self.cache_images = cache_images
         self.pixel_cache: dict[int | None, torch.Tensor] = {}
+        self.token_cache: dict[str, list[int]] = {}
         if isinstance(dataset, IterableDataset):
             return
         self.per_epoch = len(dataset) // recipe.batch_size
@@ -181,9 +182,26 @@ class BatchMaker:
             self.templates[choice].format(text) if label and stage.prompt_templates else text
             for text, label, choice in zip(texts, is_label, choices)
         ]
-        inputs = dict(self.processor(text=prompts))
+        inputs = self.tokenize(prompts)
         inputs["labels"] = text_labels(texts)
         return inputs
+
+    def tokenize(self, prompts: list[str]) -> dict:
+        """The processor's padded `input_ids`/`attention_mask`, each distinct prompt tokenised once (captions and
+        templated labels repeat across steps; tokenising is ~5% of a florence-tiny step)."""
+        missing = sorted(set(prompts) - self.token_cache.keys())
+        if missing:
+            if len(self.token_cache) > 200_000:  # bounded for large caption sets
+                self.token_cache.clear()
+            encoded = self.processor(text=missing, padding=False, return_tensors=None)["input_ids"]
+            self.token_cache.update(zip(missing, encoded))
+        rows = [self.token_cache[prompt] for prompt in prompts]
+        input_ids = torch.full((len(rows), max(map(len, rows))), self.processor.tokenizer.pad_token_id)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def __call__(self, micro_step: int, stage: Stage) -> dict:
         indices = self.indices(micro_step).tolist()

@@ -90,6 +90,10 @@ def test_batches_label_classes_not_prompts_and_cached_images_match(tmp_path):
     prompts = {processor.decode(batch["input_ids"][p], skip_special_tokens=True) for p in red}
     assert len(prompts) == 2  # both templates were drawn for the same class ...
     assert set(batch["labels"][red].tolist()) == {text_label("red circle")}  # ... and the class is one positive set
+    reference = processor(text=["a photo of a red circle.", "a small blue star at the top left", "cross"])
+    tokenized = batches.tokenize(["a photo of a red circle.", "a small blue star at the top left", "cross"])
+    for key in ("input_ids", "attention_mask"):
+        torch.testing.assert_close(tokenized[key], reference[key], rtol=0, atol=0)
     cached = BatchMaker(pairs, processor, recipe, templates, rank=0, world_size=1, cache_images=True)
     for micro_step, size in ((0, None), (1, 48)):
         stage = Stage("s", 1, image_size=size)
