@@ -106,12 +106,16 @@ def load_training_data(data: dict, image_size: int):
     if source == "shapes":
         from .shapes import build_classification, build_pairs
 
-        sizes = {k: data.pop(k) for k in ("num_train", "num_validation", "num_test") if k in data}
-        pairs = build_pairs(image_size=image_size, seed=data.pop("seed", 0), **sizes)
+        options = {k: data.pop(k) for k in ("num_train", "num_validation", "num_test", "label_fraction",
+                                            "detailed_fraction") if k in data}
+        pairs = build_pairs(image_size=image_size, seed=data.pop("seed", 0), **options)
         classification = build_classification(
             num_train=0, num_validation=0, num_test=data.pop("num_classification_test", 600), image_size=image_size,
             seed=1,
         )
+        if data:
+            raise ValueError(f"Unknown Florence Shapes data keys {sorted(data)}; known: num_train, num_validation, "
+                             "num_test, num_classification_test, label_fraction, detailed_fraction, seed")
         return pairs["train"], pairs["test"], classification["test"]
     if source == "imagefolder":
         from .data_florence import image_folder_pairs
