@@ -151,7 +151,8 @@ class BatchMaker:
         self.per_epoch = len(dataset) // recipe.batch_size
         if self.per_epoch == 0:
             raise ValueError(f"{len(dataset)} training pairs cannot fill one batch of {recipe.batch_size}")
-        self.columns = {name: dataset[name] for name in ("text", "is_label") if name in dataset.column_names}
+        # plain lists: indexing a datasets column row by row costs ~0.15 ms a row
+        self.columns = {name: list(dataset[name]) for name in ("text", "is_label") if name in dataset.column_names}
 
     def this_process(self, values):
         return values[self.rank * self.per_process : (self.rank + 1) * self.per_process]

@@ -8,6 +8,7 @@ UniCL treats pairs whose texts are identical as positives of each other. The lab
 hash (BLAKE2b) of its cleaned, lower-cased form: the same in every process and run, unlike Python's salted `hash`.
 """
 
+import functools
 import hashlib
 import html
 import re
@@ -42,6 +43,7 @@ def clean_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
+@functools.lru_cache(maxsize=1 << 16)  # captions repeat across steps, and ftfy cleaning costs ~0.1 ms a text
 def text_label(text: str) -> int:
     """Stable UniCL label of a text: identical (cleaned, case-folded) texts share it across processes and runs."""
     digest = hashlib.blake2b(clean_text(text).lower().encode("utf-8"), digest_size=8).digest()

@@ -173,7 +173,7 @@ def sample_scene(rng: np.random.Generator, image_size: int, count: int, **kwargs
     """`count` objects that overlap little (rejection sampling on centre distances)."""
     objects: list[ShapeObject] = []
     attempts = 0
-    while len(objects) < count and attempts < 200:
+    while len(objects) < count and attempts < 50:  # large objects may not all fit: give up, keep those placed
         attempts += 1
         candidate = sample_object(rng, image_size, **kwargs)
         if all(np.hypot(candidate.cx - o.cx, candidate.cy - o.cy) > 0.9 * (candidate.radius + o.radius)
