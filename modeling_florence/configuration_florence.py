@@ -209,14 +209,20 @@ def _preset_model_type(path: Path):
 
 
 def load_preset(name: str, **overrides) -> PreTrainedConfig:
-    """Return the config of a named preset (e.g. ``"coswin-t"``, ``"florence-base"``), with keyword overrides."""
+    """Return the config of a named preset (e.g. ``"coswin-t"``, ``"florence-base"``), with keyword overrides.
+
+    A dict override of a sub-config is merged into the preset's (``vision_config={"image_size": 32}`` changes only
+    the image size), so a recipe can adjust one field without restating the tower."""
     path = presets_dir() / f"{name}.json"
     model_type = _preset_model_type(path) if path.is_file() else None
     if model_type not in CONFIG_CLASSES:
         raise ValueError(f"Unknown preset {name!r}; available presets: {', '.join(available_presets())}")
     config_dict = json.loads(path.read_text())
     config_dict.pop("model_type")
-    config_dict.update(overrides)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config_dict.get(key), dict):
+            value = {**config_dict[key], **value}
+        config_dict[key] = value
     return CONFIG_CLASSES[model_type](**config_dict)
 
 

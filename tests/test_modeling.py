@@ -76,6 +76,15 @@ def test_every_preset_loads_and_unknown_preset_is_named():
         mf.load_preset("coswin-x")
 
 
+def test_preset_sub_config_overrides_merge_into_the_preset():
+    tiny = mf.load_preset("florence-tiny")
+    smaller = mf.load_preset("florence-tiny", vision_config={"image_size": 32}, projection_dim=64)
+    assert smaller.vision_config.image_size == 32 and smaller.projection_dim == 64
+    assert smaller.vision_config.depths == tiny.vision_config.depths
+    assert smaller.vision_config.embed_dim == tiny.vision_config.embed_dim
+    assert smaller.text_config.to_dict() == tiny.text_config.to_dict()
+
+
 def test_florence_huge_matches_the_paper_sizes():
     """CoSwin-H 637M and a 256M text tower (Florence Sec. 2.3), each within 5%, counted without allocating."""
     with torch.device("meta"):
