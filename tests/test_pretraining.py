@@ -165,6 +165,21 @@ def test_recipe_errors_name_the_problem(tmp_path):
         Recipe.from_file(path)
 
 
+def test_demo_recipe_evaluates_what_the_readme_claims():
+    """`make demo`'s held-out sets: >= 20 zero-shot classes and >= 500 retrieval pairs with distinct captions."""
+    from modeling_florence.configuration_florence import load_preset
+    from modeling_florence.pretraining_florence import load_training_data
+
+    recipe = Recipe.from_file(REPO / "configuration" / "recipe-unicl-tiny.json")
+    assert [stage.prompt_templates for stage in recipe.stages] == [True, False]
+    config = load_preset(recipe.model, **recipe.model_overrides)
+    data = dict(recipe.data, num_train=recipe.batch_size)
+    _, test_pairs, zero_shot_set = load_training_data(data, config.vision_config.image_size)
+    assert len(test_pairs) >= 500 and len(set(test_pairs["text"])) == len(test_pairs)
+    assert len(set(zero_shot_set["label"])) >= 20
+    assert zero_shot_set[0]["image"].size == (config.vision_config.image_size,) * 2
+
+
 def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
     # A small learning rate: Adam's first steps are sign-like, so float-rounding differences in near-zero gradients
     # would otherwise flip whole updates; equal arithmetic is what is being tested, not chaos.
