@@ -38,12 +38,12 @@ COLOURS = {
     "pink": (240, 120, 190),
     "cyan": (40, 200, 210),
 }
-# Zero-shot classes: 6 colours x 5 shapes = 30 classes, distinguishable at 64 px.
+# Zero-shot classes: 6 colours x 5 shapes = 30 classes, distinguishable down to 32 px.
 CLASS_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 CLASS_SHAPES = ("circle", "square", "triangle", "star", "cross")
 # Radius (half extent) of a pair/classification object as a fraction of the image side; "small" and "large" are the
-# two halves of the range. The smallest object spans ~6 patches of a 64 px, patch-4 encoder; the largest still fits
-# inside a corner cell of the 3x3 position grid.
+# two halves of the range. The smallest object is ~12 px wide in the demo's 32 px images (3 patches of a patch-4
+# encoder), still recognisable; the largest still fits inside a corner cell of the 3x3 position grid.
 RADIUS_RANGE = (0.18, 0.3)
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "center", "right")
 ACTIONS = ("moving left", "moving right", "moving up", "moving down", "growing", "shrinking", "rotating")
