@@ -3,12 +3,15 @@
 
 Templates are data (a JSON list of strings with one `{}`), so they can be swapped per data set; the default set is
 `configuration/zero_shot_templates.json`. Class embeddings are the renormalised mean of the normalised template
-embeddings, as in CLIP and UniCL.
+embeddings, as in CLIP and UniCL. Zero-shot accuracy is an `evaluate` metric (`TopKAccuracy`), defined here rather
+than loaded with `evaluate.load("accuracy")`, which fetches its script from the Hub and so fails offline.
 """
 
 import json
 from pathlib import Path
 
+import datasets
+import evaluate
 import torch
 
 from .configuration_florence import presets_dir
@@ -63,12 +66,30 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict
     return {f"top{k}": 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks}
 
 
+class TopKAccuracy(evaluate.Metric):
+    """Top-k accuracy (%) as an `evaluate` metric: `compute(predictions=scores (N, C), references=ids (N,), ks=(1, 5))`.
+
+    Works offline and composes with `evaluate.combine` and `add_batch` like the Hub's metrics."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Percent of examples whose reference class is among the k highest-scoring classes.",
+            citation="",
+            inputs_description="predictions: one list of per-class scores per example; references: class ids.",
+            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float32")),
+                                        "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references, ks=(1, 5)) -> dict[str, float]:
+        return topk_accuracy(torch.tensor(predictions), torch.tensor(references), ks)
+
+
 def zero_shot_classification(model, processor, images, labels, class_names, templates=None) -> dict[str, float]:
     """Top-1/top-5 zero-shot accuracy (%) of `images` against prompts built from `class_names`."""
     templates = templates if templates is not None else load_templates()
     classifier = zero_shot_classifier(model, processor, class_names, templates)
     logits = encode_images(model, processor, images) @ classifier.t()
-    return topk_accuracy(logits, torch.as_tensor(labels))
+    return TopKAccuracy(keep_in_memory=True).compute(predictions=logits.tolist(), references=list(labels), ks=(1, 5))
 
 
 def retrieval_recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
@@ -99,6 +120,7 @@ def format_table(results: dict[str, float]) -> str:
 
 
 __all__ = [
+    "TopKAccuracy",
     "encode_images",
     "encode_texts",
     "format_table",

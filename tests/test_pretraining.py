@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, pipeline
 
 from modeling_florence import FlorenceModel
-from modeling_florence.evaluation_florence import format_table, retrieval_recall, topk_accuracy
+from modeling_florence.evaluation_florence import TopKAccuracy, format_table, retrieval_recall, topk_accuracy
 from modeling_florence.pretraining_florence import Recipe, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,6 +208,10 @@ def test_metrics_on_constructed_cases():
     logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.0, 0.6, 0.4]])
     assert topk_accuracy(logits, torch.tensor([0, 1, 1]), ks=(1, 2)) == {"top1": pytest.approx(200 / 3),
                                                                          "top2": pytest.approx(100.0)}
+    metric = TopKAccuracy(keep_in_memory=True)  # the same through `evaluate`, fed in two batches
+    metric.add_batch(predictions=logits[:2].tolist(), references=[0, 1])
+    metric.add_batch(predictions=logits[2:].tolist(), references=[1])
+    assert metric.compute(ks=(1, 2)) == {"top1": pytest.approx(200 / 3), "top2": pytest.approx(100.0)}
     embeds = torch.eye(4)
     texts = torch.eye(4)[[0, 1, 3, 2]]  # pairs 2 and 3 swapped
     recall = retrieval_recall(embeds, texts, ks=(1, 4))
