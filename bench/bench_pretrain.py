@@ -84,7 +84,7 @@ def bench_step(preset: str, batch_size: int, repeats: int, image_size: int | Non
     functions = {f"{preset} (ours)": train_step(FlorenceModel(config), batches)}
     if peer:
         functions["VisionTextDualEncoder (Swin+CLIP)"] = train_step(dual_encoder_like(config), batches, peer=True)
-    times = interleaved_medians(functions, repeats)
+    times = interleaved_medians(functions, repeats, warmup=3)  # the first steps of a fresh model run slow
     print(f"\nFull pretraining step, {preset}, batch {batch_size}, {size} px, fp32, cached images")
     for name, seconds in times.items():
         print(f"  {name:<36} {seconds * 1000:9.1f} ms  {batch_size / seconds:8.1f} images/s")
