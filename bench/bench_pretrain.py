@@ -74,10 +74,8 @@ def train_step(model, batches: BatchMaker, peer: bool = False):
 
 
 def bench_step(preset: str, batch_size: int, repeats: int, image_size: int | None = None, peer: bool = True) -> None:
-    config = load_preset(preset)
-    config.vision_config.drop_path_rate = 0.0
-    if image_size is not None:
-        config.vision_config.image_size = image_size
+    vision = {"drop_path_rate": 0.0} | ({"image_size": image_size} if image_size is not None else {})
+    config = load_preset(preset, vision_config=vision)
     size = config.vision_config.image_size
     batches = batch_maker(size, batch_size, num_pairs=batch_size * (repeats + 2), cache_images=True)
     batches(0, STAGE)  # fill the cache outside the timing
@@ -95,9 +93,7 @@ def bench_step(preset: str, batch_size: int, repeats: int, image_size: int | Non
 
 def profile_tiny(image_size: int, batch_size: int, repeats: int) -> None:
     """Seconds per phase of the florence-tiny step, then the operators with the most self CPU time."""
-    config = load_preset("florence-tiny")
-    config.vision_config.image_size = image_size
-    model = FlorenceModel(config).train()
+    model = FlorenceModel(load_preset("florence-tiny", vision_config={"image_size": image_size})).train()
     batches = batch_maker(image_size, batch_size, num_pairs=batch_size * (repeats + 2), cache_images=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     phases = {"data (uncached)": 0.0, "forward + UniCL loss": 0.0, "backward": 0.0, "clip + AdamW": 0.0}
@@ -140,7 +136,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, CPU")
-    demo_size = load_preset("florence-tiny", **Recipe.from_file(DEMO_RECIPE).model_overrides).vision_config.image_size
+    demo_size = Recipe.from_file(DEMO_RECIPE).model_config().vision_config.image_size
     bench_data(demo_size, args.tiny_batch, args.repeats)
     # Transformers' SwinModel fails when a stage is smaller than the window (the demo's last stages are), so the
     # comparison with it runs florence-tiny at 128 px, where every stage holds a whole window.

@@ -87,6 +87,10 @@ class Recipe:
             raise ValueError(f"{path} must list stages with non-negative step counts")
         return cls(stages=stages, **values)
 
+    def model_config(self):
+        """The config of the model this recipe trains: its preset with `model_overrides` merged in."""
+        return load_preset(self.model, **self.model_overrides)
+
     @property
     def total_steps(self) -> int:
         return sum(stage.steps for stage in self.stages)
@@ -353,7 +357,7 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
         project_dir=str(output),
     )
     set_seed(recipe.seed)
-    config = load_preset(recipe.model, **recipe.model_overrides)
+    config = recipe.model_config()
     image_size = config.vision_config.image_size
     model = FlorenceModel(config)
     if recipe.gradient_checkpointing:

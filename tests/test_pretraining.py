@@ -167,12 +167,11 @@ def test_recipe_errors_name_the_problem(tmp_path):
 
 def test_demo_recipe_evaluates_what_the_readme_claims():
     """`make demo`'s held-out sets: >= 20 zero-shot classes and >= 500 retrieval pairs with distinct captions."""
-    from modeling_florence.configuration_florence import load_preset
     from modeling_florence.pretraining_florence import load_training_data
 
     recipe = Recipe.from_file(REPO / "configuration" / "recipe-unicl-tiny.json")
     assert [stage.prompt_templates for stage in recipe.stages] == [True, False]
-    config = load_preset(recipe.model, **recipe.model_overrides)
+    config = recipe.model_config()
     data = dict(recipe.data, num_train=recipe.batch_size)
     _, test_pairs, zero_shot_set = load_training_data(data, config.vision_config.image_size)
     assert len(test_pairs) >= 500 and len(set(test_pairs["text"])) == len(test_pairs)
