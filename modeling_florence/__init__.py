@@ -1,6 +1,8 @@
 # Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
 """Florence for Transformers: CoSwin + UniCL two-tower model, processors and data, registered with the Auto classes."""
 
+import os
+
 from transformers import (
     AutoBackbone,
     AutoConfig,
@@ -28,6 +30,7 @@ from .modeling_coswin import (
     FlorenceVisionPreTrainedModel,
 )
 from .image_processing_florence import FlorenceImageProcessor, FlorenceImageProcessorPil
+from .loss_florence import global_batch_unicl_loss
 from .modeling_florence import (
     FlorenceModel,
     FlorenceOutput,
@@ -60,6 +63,9 @@ def _register_auto_classes() -> None:
     AutoModel.register(FlorenceConfig, FlorenceModel, exist_ok=True)
     AutoModelForZeroShotImageClassification.register(FlorenceConfig, FlorenceModel, exist_ok=True)
     AutoBackbone.register(FlorenceVisionConfig, FlorenceVisionBackbone, exist_ok=True)
+    # A two-tower folder also gives a backbone (its image tower and `vision_config`, see
+    # `FlorenceVisionBackbone.from_pretrained`); `register` insists on the backbone's own config class, so map it here.
+    AutoBackbone._model_mapping.register(FlorenceConfig, FlorenceVisionBackbone, exist_ok=True)
     for config_class in (FlorenceConfig, FlorenceVisionConfig):
         AutoImageProcessor.register(
             config_class,
@@ -72,4 +78,31 @@ def _register_auto_classes() -> None:
         AutoTokenizer.register(config_class, fast_tokenizer_class=CLIPTokenizer, exist_ok=True)
 
 
+
+def _load_local_backbone_folders() -> None:
+    """Let `AutoBackbone.from_pretrained` read a local folder without asking the Hub.
+
+    Transformers 5.23's `AutoBackbone.from_pretrained` first asks the Hub whether the name is a repository (to route
+    timm names), which fails for a local path (an invalid repo id) or offline. A path to an existing folder now goes
+    straight to the ordinary Auto loading; every other name keeps Transformers' behaviour."""
+    from transformers.models.auto.auto_factory import _BaseAutoBackboneClass
+
+    original = AutoBackbone.from_pretrained.__func__
+    if getattr(original, "_reads_local_folders", False):
+        return
+
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and os.path.isdir(
+            pretrained_model_name_or_path
+        ):
+            kwargs.pop("use_timm_backbone", None)
+            return super(_BaseAutoBackboneClass, cls).from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return original(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    from_pretrained._reads_local_folders = True
+    from_pretrained.__doc__ = original.__doc__
+    AutoBackbone.from_pretrained = classmethod(from_pretrained)
+
+
 _register_auto_classes()
+_load_local_backbone_folders()

@@ -33,7 +33,8 @@ def encode_texts(model, processor, texts: list[str], batch_size: int = 256) -> t
     features = []
     for start in range(0, len(texts), batch_size):
         inputs = processor(text=texts[start : start + batch_size])
-        features.append(model.get_text_features(inputs["input_ids"].to(device), inputs["attention_mask"].to(device)))
+        text_inputs = {key: inputs[key].to(device) for key in ("input_ids", "attention_mask")}
+        features.append(model.get_text_features(**text_inputs).pooler_output)
     return torch.nn.functional.normalize(torch.cat(features).float(), dim=-1)
 
 
@@ -45,7 +46,7 @@ def encode_images(model, processor, images: list, batch_size: int = 256) -> torc
     features = []
     for start in range(0, len(images), batch_size):
         pixel_values = processor(images=images[start : start + batch_size])["pixel_values"]
-        features.append(model.get_image_features(pixel_values.to(device, dtype)))
+        features.append(model.get_image_features(pixel_values.to(device, dtype)).pooler_output)
     return torch.nn.functional.normalize(torch.cat(features).float(), dim=-1)
 
 

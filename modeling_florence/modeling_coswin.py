@@ -22,9 +22,8 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
 
 from .configuration_florence import FlorenceVisionConfig
 
@@ -34,23 +33,20 @@ SHIFTED_WINDOW_MASK_VALUE = -100.0
 
 
 @dataclass
-class FlorenceVisionModelOutput(ModelOutput):
+class FlorenceVisionModelOutput(BaseModelOutputWithPooling):
     """
-    Output of [`FlorenceVisionModel`].
+    Output of [`FlorenceVisionModel`]: Transformers' `BaseModelOutputWithPooling` plus the per-stage maps.
 
     Args:
         last_hidden_state: `(B, L, C)` tokens of the last stage after the final LayerNorm.
         pooler_output: `(B, C)` global average of `last_hidden_state` (the image feature).
-        feature_maps: per-stage `(B, C_i, H_i, W_i)` maps (before the final LayerNorm) for dense heads.
-        hidden_states: with `output_hidden_states=True`, `(B, L_i, C_i)` tokens after the embedding and each stage.
+        hidden_states: with `output_hidden_states=True`, `(B, L_i, C_i)` tokens after the embedding and each stage;
+            these are the tensors the network computes with, so gradients flow to them.
         attentions: with `output_attentions=True` (eager attention), per-block `(B * windows, heads, N, N)` weights.
+        feature_maps: per-stage `(B, C_i, H_i, W_i)` maps (before the final LayerNorm) for dense heads.
     """
 
-    last_hidden_state: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
     feature_maps: tuple[torch.FloatTensor, ...] | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -75,49 +71,59 @@ class FlorenceDropPath(nn.Module):
         return f"p={self.drop_prob}"
 
 
-class FlorenceVisionEmbeddings(nn.Module):
-    """Patch embedding: CvT's overlapping convolution (`conv`) or Swin's non-overlapping patches (`linear`), then LN."""
+class FlorenceVisionConvEmbeddings(nn.Module):
+    """CoSwin's patch embedding: CvT's overlapping convolution (kernel `2 * patch - 1`, stride `patch`), then LN."""
+
+    def __init__(self, config: FlorenceVisionConfig):
+        super().__init__()
+        kernel = 2 * config.patch_size - 1
+        padding = (kernel - config.patch_size + 1) // 2
+        self.projection = nn.Conv2d(config.num_channels, config.embed_dim, kernel, config.patch_size, padding)
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.projection(pixel_values).permute(0, 2, 3, 1))
+
+
+class FlorenceVisionPatchEmbeddings(nn.Module):
+    """Swin's patch embedding: non-overlapping `patch x patch` patches (right/bottom zero padding), then LN."""
 
     def __init__(self, config: FlorenceVisionConfig):
         super().__init__()
         self.patch_size = config.patch_size
-        self.num_channels = config.num_channels
-        self.mode = config.patch_embed
-        if self.mode == "conv":
-            kernel = 2 * config.patch_size - 1
-            padding = (kernel - config.patch_size + 1) // 2
-            self.projection = nn.Conv2d(config.num_channels, config.embed_dim, kernel, config.patch_size, padding)
-        else:
-            self.projection = nn.Conv2d(config.num_channels, config.embed_dim, config.patch_size, config.patch_size)
+        self.projection = nn.Conv2d(config.num_channels, config.embed_dim, config.patch_size, config.patch_size)
         self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.mode == "linear":
-            height, width = pixel_values.shape[-2:]
-            pad_h, pad_w = (-height) % self.patch_size, (-width) % self.patch_size
-            if pad_h or pad_w:
-                pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
-        embeddings = self.projection(pixel_values).permute(0, 2, 3, 1)
-        return self.norm(embeddings)
+        height, width = pixel_values.shape[-2:]
+        pad_h, pad_w = (-height) % self.patch_size, (-width) % self.patch_size
+        if pad_h or pad_w:
+            pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
+        return self.norm(self.projection(pixel_values).permute(0, 2, 3, 1))
 
 
-class FlorenceVisionDownsample(nn.Module):
-    """Halves the resolution and doubles the width: CvT 3x3/2 convolution + LN (`conv`) or Swin patch merging."""
+class FlorenceVisionConvDownsample(nn.Module):
+    """CoSwin's downsampling between stages: CvT 3x3 stride-2 convolution doubling the width, then LN."""
 
     def __init__(self, config: FlorenceVisionConfig, dim: int):
         super().__init__()
-        self.mode = config.downsample
-        if self.mode == "conv":
-            self.projection = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1)
-            self.norm = nn.LayerNorm(2 * dim, eps=config.layer_norm_eps)
-        else:
-            self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
-            self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.projection = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(2 * dim, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.mode == "conv":
-            hidden_states = self.projection(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-            return self.norm(hidden_states)
+        hidden_states = self.projection(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.norm(hidden_states)
+
+
+class FlorenceVisionPatchMerging(nn.Module):
+    """Swin's patch merging: concatenate each 2x2 neighbourhood (odd sizes zero-padded), LN, bias-free linear."""
+
+    def __init__(self, config: FlorenceVisionConfig, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = hidden_states.shape
         if height % 2 or width % 2:
             hidden_states = F.pad(hidden_states, (0, 0, 0, width % 2, 0, height % 2))
@@ -126,6 +132,11 @@ class FlorenceVisionDownsample(nn.Module):
         hidden_states = hidden_states.reshape(batch, height // 2, 2, width // 2, 2, channels)
         hidden_states = hidden_states.permute(0, 1, 3, 4, 2, 5).flatten(3)
         return self.reduction(self.norm(hidden_states))
+
+
+# The variants a config selects, chosen once at construction.
+PATCH_EMBEDDINGS = {"conv": FlorenceVisionConvEmbeddings, "linear": FlorenceVisionPatchEmbeddings}
+DOWNSAMPLERS = {"conv": FlorenceVisionConvDownsample, "merge": FlorenceVisionPatchMerging}
 
 
 def window_partition(hidden_states: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
@@ -282,7 +293,6 @@ class FlorenceVisionLayer(GradientCheckpointingLayer):
         self.drop_path = FlorenceDropPath(drop_path_rate)
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = FlorenceVisionMLP(config, dim)
-        self._mask_cache: dict = {}
 
     def window_and_shift(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """Per axis: a map no larger than the window gets a window of its own size and no shift (timm's rule)."""
@@ -291,13 +301,6 @@ class FlorenceVisionLayer(GradientCheckpointingLayer):
             self.window_size // 2 if self.shifted and size > self.window_size else 0 for size in (height, width)
         )
         return window, shift
-
-    def shift_mask(self, padded_size, window, shift, device, dtype) -> torch.Tensor:
-        key = (padded_size, window, shift, device, dtype)
-        if key not in self._mask_cache:
-            self._mask_cache.clear()
-            self._mask_cache[key] = shifted_window_mask(padded_size, window, shift, device, dtype)
-        return self._mask_cache[key]
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
         batch, height, width, channels = hidden_states.shape
@@ -312,7 +315,8 @@ class FlorenceVisionLayer(GradientCheckpointingLayer):
         has_shift = shift != (0, 0)
         if has_shift:
             hidden_states = torch.roll(hidden_states, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-            mask = self.shift_mask(padded_size, window, shift, hidden_states.device, hidden_states.dtype)
+            # Built from shapes only (no cache keyed on them), so tracing and torch.export see plain tensor ops.
+            mask = shifted_window_mask(padded_size, window, shift, hidden_states.device, hidden_states.dtype)
         else:
             mask = None
 
@@ -335,7 +339,7 @@ class FlorenceVisionStage(nn.Module):
     def __init__(self, config: FlorenceVisionConfig, stage: int, drop_path_rates: list[float]):
         super().__init__()
         dim = config.stage_dims[stage]
-        self.downsample = FlorenceVisionDownsample(config, dim // 2) if stage > 0 else None
+        self.downsample = DOWNSAMPLERS[config.downsample](config, dim // 2) if stage > 0 else None
         self.blocks = nn.ModuleList(
             FlorenceVisionLayer(config, dim, config.num_heads[stage], shifted=index % 2 == 1, drop_path_rate=rate)
             for index, rate in enumerate(drop_path_rates)
@@ -355,11 +359,21 @@ class FlorenceVisionStage(nn.Module):
 
 class FlorenceVisionPreTrainedModel(PreTrainedModel):
     config_class = FlorenceVisionConfig
-    base_model_prefix = "florence_coswin"
+    # The attribute that holds the encoder in every model built on it (FlorenceModel, the backbone, the adapters), so
+    # a tower loads from any of their folders and they load from a CoSwin folder (Transformers adds or strips it).
+    base_model_prefix = "vision_model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["FlorenceVisionLayer", "FlorenceVisionDownsample"]
+    _no_split_modules = ["FlorenceVisionLayer", "FlorenceVisionConvDownsample", "FlorenceVisionPatchMerging"]
+    # Weights of the other parts of a composite folder, which this tower leaves behind without a warning.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^text_model\.",
+        r"^text_projection\.",
+        r"^visual_projection\.",
+        r"^logit_scale$",
+        r"^hidden_states_norms\.",
+    ]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
@@ -394,17 +408,24 @@ def resolve_output_flags(config, output_hidden_states, output_attentions, return
 
 
 def _check_pixel_values(config: FlorenceVisionConfig, pixel_values: torch.Tensor) -> None:
-    """Clear errors for the inputs a window transformer cannot process."""
+    """Clear errors for the inputs a window transformer cannot process (shapes only: nothing data-dependent)."""
     if pixel_values is None:
         raise ValueError("pixel_values is required")
     if pixel_values.ndim != 4:
         raise ValueError(
             f"pixel_values must have shape (batch, {config.num_channels}, height, width), got {tuple(pixel_values.shape)}"
         )
+    if pixel_values.shape[0] == 0:
+        raise ValueError(f"pixel_values is an empty batch (shape {tuple(pixel_values.shape)}): pass at least one image")
     if pixel_values.shape[1] != config.num_channels:
         raise ValueError(
             f"pixel_values has {pixel_values.shape[1]} channels but the model expects {config.num_channels} "
             f"(shape {tuple(pixel_values.shape)}; channels come second: (batch, channels, height, width))"
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"pixel_values must be a floating-point tensor (normalised pixels, as the Florence image processor returns), "
+            f"got dtype {pixel_values.dtype}"
         )
     minimum = config.patch_size * config.window_size
     height, width = pixel_values.shape[-2:]
@@ -416,12 +437,21 @@ def _check_pixel_values(config: FlorenceVisionConfig, pixel_values: torch.Tensor
         )
 
 
+def _record(hidden_states: torch.Tensor, all_hidden_states: tuple | None) -> tuple[torch.Tensor, tuple | None]:
+    """Append the `(B, L, C)` tokens of a `(B, H, W, C)` map to `all_hidden_states` and continue from that very
+    tensor, so the recorded hidden state is part of the graph (its gradient is the one the network sees)."""
+    if all_hidden_states is None:
+        return hidden_states, None
+    tokens = hidden_states.flatten(1, 2)
+    return tokens.unflatten(1, hidden_states.shape[1:3]), all_hidden_states + (tokens,)
+
+
 class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
     """The CoSwin encoder: patch embedding, stages of (shifted-)window blocks, final LayerNorm, average pooling."""
 
     def __init__(self, config: FlorenceVisionConfig):
         super().__init__(config)
-        self.embeddings = FlorenceVisionEmbeddings(config)
+        self.embeddings = PATCH_EMBEDDINGS[config.patch_embed](config)
         total = sum(config.depths)  # stochastic depth grows linearly over all blocks (plain Python: meta-device safe)
         rates = [config.drop_path_rate * index / max(total - 1, 1) for index in range(total)]
         starts = [sum(config.depths[:stage]) for stage in range(len(config.depths))]
@@ -447,16 +477,16 @@ class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
             self.config, output_hidden_states, output_attentions, return_dict
         )
         _check_pixel_values(self.config, pixel_values)
+        # As CLIP: inputs follow the model's dtype (fp32 pixels into a bf16 model).
+        pixel_values = pixel_values.to(self.embeddings.projection.weight.dtype)
 
-        hidden_states = self.embeddings(pixel_values)
-        all_hidden_states = (hidden_states.flatten(1, 2),) if output_hidden_states else None
+        hidden_states, all_hidden_states = _record(self.embeddings(pixel_values), () if output_hidden_states else None)
         all_attentions = () if output_attentions else None
         feature_maps = ()
         for stage in self.stages:
             hidden_states, attentions = stage(hidden_states, output_attentions=output_attentions, **kwargs)
+            hidden_states, all_hidden_states = _record(hidden_states, all_hidden_states)
             feature_maps += (hidden_states.permute(0, 3, 1, 2),)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states.flatten(1, 2),)
             if output_attentions:
                 all_attentions += attentions
 
@@ -465,9 +495,9 @@ class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
         output = FlorenceVisionModelOutput(
             last_hidden_state=last_hidden_state,
             pooler_output=pooled_output,
-            feature_maps=feature_maps,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
+            feature_maps=feature_maps,
         )
         return output if return_dict else output.to_tuple()
 
@@ -476,12 +506,13 @@ class FlorenceVisionBackbone(BackboneMixin, FlorenceVisionPreTrainedModel):
     """CoSwin as a Transformers backbone: `(B, C, H, W)` maps of `out_features`, each with its own LayerNorm.
 
     The per-stage norms follow the Swin detection backbones (and Transformers' `SwinBackbone`): dense heads read
-    normalised maps of every stage, not only of the last.
+    normalised maps of every stage, not only of the last. The encoder sits in `vision_model`, as in `FlorenceModel`,
+    so `from_pretrained` reads the image tower of a CoSwin folder, a two-tower Florence folder or a backbone folder.
     """
 
     def __init__(self, config: FlorenceVisionConfig):
         super().__init__(config)
-        self.model = FlorenceVisionModel(config)
+        self.vision_model = FlorenceVisionModel(config)
         self.num_features = [config.embed_dim] + config.stage_dims
         self.hidden_states_norms = nn.ModuleDict(
             {
@@ -491,8 +522,17 @@ class FlorenceVisionBackbone(BackboneMixin, FlorenceVisionPreTrainedModel):
         )
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """Also from a two-tower folder: `AutoBackbone` hands over the folder's `FlorenceConfig`; the backbone takes
+        its `vision_config`, with the `out_features` / `out_indices` asked for."""
+        if config is not None and hasattr(config, "vision_config"):
+            backbone_kwargs = {key: kwargs.pop(key) for key in ("out_features", "out_indices") if key in kwargs}
+            config = FlorenceVisionConfig.from_dict(config.vision_config.to_dict(), **backbone_kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
     def get_input_embeddings(self) -> nn.Module:
-        return self.model.get_input_embeddings()
+        return self.vision_model.get_input_embeddings()
 
     def forward(
         self,
@@ -502,13 +542,15 @@ class FlorenceVisionBackbone(BackboneMixin, FlorenceVisionPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BackboneOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.model(
+        output_hidden_states, output_attentions, return_dict = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
+        outputs = self.vision_model(
             pixel_values, output_hidden_states=True, output_attentions=output_attentions, return_dict=True, **kwargs
         )
         stem = outputs.hidden_states[0]
         height, width = outputs.feature_maps[0].shape[-2:]
-        maps = {"stem": stem.view(stem.shape[0], height, width, -1)}
+        maps = {"stem": stem.unflatten(1, (height, width))}
         maps.update({name: fm.permute(0, 2, 3, 1) for name, fm in zip(self.stage_names[1:], outputs.feature_maps)})
         feature_maps = tuple(
             self.hidden_states_norms[name](maps[name]).permute(0, 3, 1, 2).contiguous() for name in self.out_features
@@ -516,7 +558,7 @@ class FlorenceVisionBackbone(BackboneMixin, FlorenceVisionPreTrainedModel):
         output = BackboneOutput(
             feature_maps=feature_maps,
             hidden_states=outputs.hidden_states if output_hidden_states else None,
-            attentions=outputs.attentions,
+            attentions=outputs.attentions if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
@@ -21,9 +20,10 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
-from .configuration_florence import FlorenceConfig, FlorenceTextConfig, FlorenceVisionConfig
+from .configuration_florence import FlorenceConfig, FlorenceTextConfig
+from .loss_florence import global_batch_unicl_loss, unicl_loss
 from .modeling_coswin import (
     FlorenceVisionModel,
     FlorenceVisionModelOutput,
@@ -33,111 +33,25 @@ from .modeling_coswin import (
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# UniCL loss
-# ----------------------------------------------------------------------------------------------------------------------
-def unicl_loss(
-    logits_per_image: torch.Tensor,
-    labels: torch.Tensor,
-    logits_per_text: torch.Tensor | None = None,
-    row_labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """UniCL loss (Florence Eq. 1-3): L = L_i2t + L_t2i, each averaged over its rows.
-
-    Every pair whose text label equals the row's label is a positive, weighted 1/|P(i)|; with all labels distinct
-    this is the symmetric InfoNCE of CLIP written as a sum (twice Transformers' `clip_loss`, which averages the two).
-
-    Args:
-        logits_per_image: `(rows, columns)` scaled similarities of row images to column texts.
-        labels: `(columns,)` int64 labels of the column pairs (the global batch when training distributed).
-        logits_per_text: `(rows, columns)` similarities of row texts to column images; defaults to
-            `logits_per_image.T` (the single-process, square case).
-        row_labels: `(rows,)` labels of the row pairs; defaults to `labels` (square case).
-    """
-    if logits_per_text is None:
-        logits_per_text = logits_per_image.t()
-    if row_labels is None:
-        row_labels = labels
-    if logits_per_image.ndim != 2 or logits_per_text.shape != logits_per_image.shape:
-        raise ValueError(
-            f"logits_per_image and logits_per_text must be 2-D of one shape, got {tuple(logits_per_image.shape)} "
-            f"and {tuple(logits_per_text.shape)}"
-        )
-    rows, columns = logits_per_image.shape
-    if labels.shape != (columns,) or row_labels.shape != (rows,):
-        raise ValueError(
-            f"labels must have shape ({columns},) and row labels ({rows},) to match logits of shape {(rows, columns)}, "
-            f"got {tuple(labels.shape)} and {tuple(row_labels.shape)}"
-        )
-    positives = (row_labels[:, None] == labels[None, :]).to(logits_per_image.dtype)
-    targets = positives / positives.sum(dim=1, keepdim=True).clamp(min=1)
-    loss_i2t = -(targets * F.log_softmax(logits_per_image, dim=-1)).sum(dim=-1).mean()
-    loss_t2i = -(targets * F.log_softmax(logits_per_text, dim=-1)).sum(dim=-1).mean()
-    return loss_i2t + loss_t2i
-
-
-def _distributed_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0 whose backward hands each process the gradient of its own slice, summed over the
-    losses of all processes (every process's loss depends on every process's features)."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        world_size, rank = _distributed_world()
-        ctx.rank, ctx.batch = rank, tensor.shape[0]
-        gathered = [torch.empty_like(tensor) for _ in range(world_size)]
-        dist.all_gather(gathered, tensor.contiguous())
-        return torch.cat(gathered, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        grad_output = grad_output.contiguous()
-        dist.all_reduce(grad_output, op=dist.ReduceOp.SUM)
-        return grad_output[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
-
-
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` from every process along dim 0, keeping the autograd graph to each process's slice."""
-    world_size, _ = _distributed_world()
-    if world_size == 1:
-        return tensor
-    _check_equal_batches(tensor)
-    return _GatherWithGrad.apply(tensor)
-
-
-def _check_equal_batches(tensor: torch.Tensor) -> None:
-    """Collectives need one batch size everywhere; say so instead of hanging or mixing up rows."""
-    size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.empty_like(size) for _ in range(_distributed_world()[0])]
-    dist.all_gather(sizes, size)
-    if len({int(s) for s in sizes}) > 1:
-        raise ValueError(
-            f"Processes hold different batch sizes {[int(s) for s in sizes]}; the global UniCL batch needs equal "
-            "per-process batches (use drop_last=True in the data loader)"
-        )
-
-
-def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
-    world_size, _ = _distributed_world()
-    if world_size == 1:
-        return tensor
-    gathered = [torch.empty_like(tensor) for _ in range(world_size)]
-    dist.all_gather(gathered, tensor.contiguous())
-    return torch.cat(gathered, dim=0)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Text tower
 # ----------------------------------------------------------------------------------------------------------------------
+def init_std(module: nn.Module, std: float) -> nn.Module:
+    """Record on a layer the std of its normal init (CLIP's depth-scaled scheme), read by `_init_weights`.
+
+    Kept on the layer itself because Transformers initialises the layers of a checkpoint's missing weights one by
+    one: their parents (attention, MLP) are never visited then, so a parent-level rule would leave them empty."""
+    module.init_std = std
+    return module
+
+
 class FlorenceTextEmbeddings(nn.Module):
     def __init__(self, config: FlorenceTextConfig):
         super().__init__()
-        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        factor = config.initializer_factor or 1.0
+        self.token_embedding = init_std(nn.Embedding(config.vocab_size, config.hidden_size), 0.02 * factor)
+        self.position_embedding = init_std(
+            nn.Embedding(config.max_position_embeddings, config.hidden_size), 0.01 * factor
+        )
         self.register_buffer(
             "position_ids", torch.arange(config.max_position_embeddings).unsqueeze(0), persistent=False
         )
@@ -161,10 +75,12 @@ class FlorenceTextAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_dropout
         self.is_causal = True
-        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        factor = config.initializer_factor or 1.0
+        in_std = self.embed_dim**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor
+        self.q_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
+        self.k_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
+        self.v_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
+        self.out_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), self.embed_dim**-0.5 * factor)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         batch, length, _ = hidden_states.shape
@@ -196,9 +112,11 @@ class FlorenceTextAttention(nn.Module):
 class FlorenceTextMLP(nn.Module):
     def __init__(self, config: FlorenceTextConfig):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        factor = config.initializer_factor or 1.0
+        width, depth = config.hidden_size, config.num_hidden_layers
+        self.fc1 = init_std(nn.Linear(width, config.intermediate_size), (2 * width) ** -0.5 * factor)
         self.activation_fn = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc2 = init_std(nn.Linear(config.intermediate_size, width), width**-0.5 * (2 * depth) ** -0.5 * factor)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
@@ -251,41 +169,57 @@ class FlorencePreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """CLIP's text init (scaled by depth) and bias-free projections; the image tower keeps Swin's own init."""
-        config = self.config
-        text_config = getattr(config, "text_config", config)
-        factor = getattr(text_config, "initializer_factor", 1.0) or 1.0
-        if isinstance(module, FlorenceTextEmbeddings):
-            init.normal_(module.token_embedding.weight, std=0.02 * factor)
-            init.normal_(module.position_embedding.weight, std=0.01 * factor)
-            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).unsqueeze(0))
-        elif isinstance(module, FlorenceTextAttention):
-            in_std = module.embed_dim**-0.5 * (2 * text_config.num_hidden_layers) ** -0.5 * factor
-            for proj in (module.q_proj, module.k_proj, module.v_proj):
-                init.normal_(proj.weight, std=in_std)
-                init.zeros_(proj.bias)
-            init.normal_(module.out_proj.weight, std=module.embed_dim**-0.5 * factor)
-            init.zeros_(module.out_proj.bias)
-        elif isinstance(module, FlorenceTextMLP):
-            width = text_config.hidden_size
-            init.normal_(module.fc1.weight, std=(2 * width) ** -0.5 * factor)
-            init.normal_(module.fc2.weight, std=width**-0.5 * (2 * text_config.num_hidden_layers) ** -0.5 * factor)
-            init.zeros_(module.fc1.bias)
-            init.zeros_(module.fc2.bias)
+        """CLIP's text init (normal, std scaled by width and depth, recorded on each layer by `init_std`), zero
+        biases, LayerNorms at identity; bias-free projections; the image tower keeps Swin's own init."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            std = getattr(module, "init_std", getattr(self.config, "initializer_range", 0.02))
+            init.normal_(module.weight, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, FlorenceTextEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).unsqueeze(0))
         elif isinstance(module, FlorenceModel):
-            init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5 * factor)
-            init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5 * factor)
-            init.constant_(module.logit_scale, config.logit_scale_init_value)
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+def is_tracing() -> bool:
+    """Whether torch.compile / torch.export is tracing: value checks (which read tensor data) are skipped there."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def check_token_values(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int) -> None:
+    """Clear errors for ids the embedding cannot look up and texts that attend to nothing."""
+    if input_ids.is_floating_point():
+        raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"input_ids holds token ids in [{low}, {high}], outside the vocabulary [0, {vocab_size - 1}] of this "
+            "text model (tokenise with the model's own tokenizer)"
+        )
+    if attention_mask is not None:
+        empty = (~attention_mask.bool().any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"attention_mask is all zeros for text(s) {empty}: every text needs at least one attended token"
+            )
 
 
 class FlorenceTextModel(FlorencePreTrainedModel):
     """CLIP-style causal pre-LN text transformer, pooled at the first end-of-text token."""
 
     config_class = FlorenceTextConfig
-    base_model_prefix = "florence_text"
+    # The attribute holding the text tower in FlorenceModel: this class loads it from a two-tower folder.
+    base_model_prefix = "text_model"
+    _keys_to_ignore_on_load_unexpected = [
+        r"^vision_model\.",
+        r"^text_projection\.",
+        r"^visual_projection\.",
+        r"^logit_scale$",
+    ]
     input_modalities = ("text",)
     main_input_name = "input_ids"
     _no_split_modules = ["FlorenceTextEmbeddings", "FlorenceTextLayer"]
@@ -304,11 +238,12 @@ class FlorenceTextModel(FlorencePreTrainedModel):
         self.embeddings.token_embedding = value
 
     def _attention_mask(self, attention_mask: torch.Tensor | None, length: int, dtype, device):
-        """Additive `(B, 1, L, L)` causal + padding mask, or None when nothing is padded.
+        """Additive `(B, 1, L, L)` causal + padding mask, or None without a padding mask.
 
-        None lets SDPA run its fused causal kernel (`is_causal`); the eager path builds the causal mask itself.
+        None lets SDPA run its fused causal kernel (`is_causal`); the eager path builds the causal mask itself. The
+        choice depends on whether a mask was passed, never on its values, so the graph exports as one.
         """
-        if attention_mask is None or bool(attention_mask.all()):
+        if attention_mask is None:
             return None
         min_value = torch.finfo(dtype).min
         causal = torch.full((length, length), min_value, dtype=dtype, device=device).triu_(1)[None, None]
@@ -338,10 +273,14 @@ class FlorenceTextModel(FlorencePreTrainedModel):
                 f"input_ids has {length} tokens but the text model has {self.config.max_position_embeddings} "
                 "positions; truncate the text (the Florence processor does with truncation=True)"
             )
+        if input_ids.shape[0] == 0 or length == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): pass at least one token per text")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
             )
+        if not is_tracing():
+            check_token_values(input_ids, attention_mask, self.config.vocab_size)
         kwargs.pop("token_type_ids", None)
 
         hidden_states = self.embeddings(input_ids, position_ids)
@@ -373,7 +312,7 @@ class FlorenceOutput(ModelOutput):
 
     Args:
         loss: UniCL loss, when `return_loss` (or `labels`) is given.
-        logits_per_image: `(images, texts)` scaled cosine similarities (texts of the global batch when distributed).
+        logits_per_image: `(images, texts)` scaled cosine similarities of the call's images and texts.
         logits_per_text: `(texts, images)`.
         text_embeds, image_embeds: L2-normalised projected features of this process's batch.
         text_model_output, vision_model_output: the towers' outputs.
@@ -406,25 +345,62 @@ class FlorenceModel(FlorencePreTrainedModel):
         self.text_embed_dim = config.text_config.hidden_size
         self.vision_model = FlorenceVisionModel._from_config(config.vision_config)
         self.text_model = FlorenceTextModel._from_config(config.text_config)
-        self.visual_projection = nn.Linear(self.vision_embed_dim, config.projection_dim, bias=False)
-        self.text_projection = nn.Linear(self.text_embed_dim, config.projection_dim, bias=False)
+        factor = config.initializer_factor or 1.0
+        self.visual_projection = init_std(
+            nn.Linear(self.vision_embed_dim, config.projection_dim, bias=False), self.vision_embed_dim**-0.5 * factor
+        )
+        self.text_projection = init_std(
+            nn.Linear(self.text_embed_dim, config.projection_dim, bias=False), self.text_embed_dim**-0.5 * factor
+        )
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_model.get_input_embeddings()
 
+    @can_return_tuple
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> torch.FloatTensor:
-        """Projected (not normalised) text features `(B, projection_dim)`."""
-        text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
-        return self.text_projection(text_outputs.pooler_output)
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The text tower's output whose `pooler_output` is the projected (not normalised) text feature
+        `(B, projection_dim)`, as `CLIPModel.get_text_features` in Transformers 5."""
+        text_outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+            **kwargs,
+        )
+        text_outputs.pooler_output = self.text_projection(text_outputs.pooler_output)
+        return text_outputs
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.FloatTensor:
-        """Projected (not normalised) image features `(B, projection_dim)`."""
-        vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        return self.visual_projection(vision_outputs.pooler_output)
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> FlorenceVisionModelOutput | tuple:
+        """The image tower's output (a `BaseModelOutputWithPooling` with the per-stage maps) whose `pooler_output` is
+        the projected (not normalised) image feature `(B, projection_dim)`."""
+        vision_outputs = self.vision_model(
+            pixel_values=pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+            **kwargs,
+        )
+        vision_outputs.pooler_output = self.visual_projection(vision_outputs.pooler_output)
+        return vision_outputs
 
     def temperature(self) -> torch.Tensor:
         """exp(logit_scale), clamped at 100 as in CLIP so the softmax cannot collapse onto one pair."""
@@ -482,24 +458,13 @@ class FlorenceModel(FlorencePreTrainedModel):
         image_embeds = F.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
         text_embeds = F.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
         scale = self.temperature()
+        # The call's own (texts, images) scores: inference never communicates across processes.
+        logits_per_text = scale * text_embeds @ image_embeds.t()
+        logits_per_image = logits_per_text.t()
 
-        # Distributed: compare this process's rows with the whole global batch, gathered with gradients, so N
-        # processes of b pairs give the loss and gradients of one process with N * b.
-        all_image_embeds = gather_with_grad(image_embeds)
-        all_text_embeds = gather_with_grad(text_embeds)
-        logits_per_image = scale * image_embeds @ all_text_embeds.t()
-        logits_per_text = scale * text_embeds @ all_image_embeds.t()
-
-        loss = None
-        if return_loss:
-            if labels is None:
-                world_size, rank = _distributed_world()
-                batch = input_ids.shape[0]
-                labels = torch.arange(batch, device=input_ids.device) + rank * batch
-                all_labels = torch.arange(batch * world_size, device=input_ids.device)
-            else:
-                all_labels = gather_no_grad(labels)
-            loss = unicl_loss(logits_per_image, all_labels, logits_per_text, row_labels=labels)
+        # The training loss is the only collective: under torch.distributed it compares this process's pairs with
+        # the global batch (gathered with gradients), so N processes of b pairs equal one process with N * b.
+        loss = global_batch_unicl_loss(image_embeds, text_embeds, scale, labels) if return_loss else None
 
         output = FlorenceOutput(
             loss=loss,

@@ -219,9 +219,9 @@ def test_forward_outputs_follow_clip(model):
     assert out.logits_per_image.shape == (4, 4)
     torch.testing.assert_close(out.logits_per_text, out.logits_per_image.t())
     torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(4))
-    image_features = model.get_image_features(pixel_values)
+    image_features = model.get_image_features(pixel_values).pooler_output
     torch.testing.assert_close(torch.nn.functional.normalize(image_features, dim=-1), out.image_embeds)
-    text_features = model.get_text_features(input_ids, attention_mask)
+    text_features = model.get_text_features(input_ids, attention_mask).pooler_output
     torch.testing.assert_close(torch.nn.functional.normalize(text_features, dim=-1), out.text_embeds)
     expected = model.temperature() * out.image_embeds @ out.text_embeds.t()
     torch.testing.assert_close(out.logits_per_image, expected)
