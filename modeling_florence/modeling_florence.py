@@ -424,7 +424,9 @@ class FlorenceModel(FlorencePreTrainedModel):
             other); without them each image's positive is its own text (CLIP). Giving labels implies `return_loss`.
         return_loss: whether to compute the UniCL loss.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states, output_attentions, return_dict = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
         if input_ids is None or pixel_values is None:
             raise ValueError("FlorenceModel.forward needs both input_ids and pixel_values")
         kwargs.pop("token_type_ids", None)

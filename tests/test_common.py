@@ -1,0 +1,402 @@
+"""The common model suite: the contracts Transformers' own common tests check, run for every model class the package
+exports.
+
+Every `PreTrainedModel` subclass the package exports (public names of `modeling_florence`) must have a tester in `TESTERS` (a test fails when
+one is missing), so each adapter joins the suite the day it lands. A tester gives a tiny config, a batch of inputs,
+the output fields that are per-sample, and how many hidden states / attention maps the model returns.
+
+Transformers contracts that do not apply here, and why:
+- resizing token embeddings / tied input-output embeddings: no model here has a language-model head to tie;
+- `inputs_embeds`: neither tower takes embeddings instead of ids/pixels (CLIP's towers do not either);
+- head masking and pruning: removed from Transformers 5;
+- flash-attention / flex-attention equivalence: CPU-only CI; the towers declare `_supports_flash_attn = False`
+  (window attention adds a relative-position bias that flash kernels cannot take), sdpa and eager are both tested.
+"""
+
+import copy
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+import modeling_florence as mf
+
+EOS = 49407
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Testers
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass
+class ModelSpec:
+    make_config: Callable[[], object]
+    make_inputs: Callable[[int], dict]  # batch size -> model inputs (float inputs fp32)
+    per_sample: tuple[str, ...]  # output fields whose dim 0 is the batch
+    num_hidden_states: dict[str, int] = field(default_factory=dict)  # output path -> expected count
+    num_attentions: dict[str, int] = field(default_factory=dict)
+    loss_inputs: dict = field(default_factory=dict)  # extra inputs that make the output carry a loss
+    lora_targets: tuple[str, ...] = ("qkv", "q_proj", "v_proj")
+
+
+def tiny_vision_config(**overrides):
+    config = dict(
+        embed_dim=16, depths=[1, 2, 1], num_heads=[1, 2, 4], window_size=4, drop_path_rate=0.0, image_size=32
+    )
+    config.update(overrides)
+    return mf.FlorenceVisionConfig(**config)
+
+
+def tiny_text_config(**overrides):
+    config = dict(
+        vocab_size=49408, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=16,
+    )
+    config.update(overrides)
+    return mf.FlorenceTextConfig(**config)
+
+
+def tiny_florence_config():
+    return mf.FlorenceConfig(
+        vision_config=tiny_vision_config().to_dict(), text_config=tiny_text_config().to_dict(), projection_dim=24
+    )
+
+
+def pixel_inputs(batch: int, size=(48, 40)) -> dict:
+    generator = torch.Generator().manual_seed(batch)
+    return {"pixel_values": torch.randn(batch, 3, *size, generator=generator)}
+
+
+def text_inputs(batch: int, length: int = 9) -> dict:
+    """Ids with start/end tokens and right padding of different lengths per row."""
+    generator = torch.Generator().manual_seed(100 + batch)
+    input_ids = torch.randint(1, 49000, (batch, length), generator=generator)
+    input_ids[:, 0] = 49406
+    attention_mask = torch.ones_like(input_ids)
+    for row in range(batch):
+        end = length - 1 - (row % 3)
+        input_ids[row, end] = EOS
+        input_ids[row, end + 1 :] = EOS  # the pad token is <|endoftext|>
+        attention_mask[row, end + 1 :] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+VISION_STATES = 1 + len(tiny_vision_config().depths)
+VISION_ATTENTIONS = sum(tiny_vision_config().depths)
+TEXT_STATES = 1 + tiny_text_config().num_hidden_layers
+TEXT_ATTENTIONS = tiny_text_config().num_hidden_layers
+
+TESTERS: dict[str, ModelSpec] = {
+    "FlorenceVisionModel": ModelSpec(
+        tiny_vision_config,
+        pixel_inputs,
+        per_sample=("last_hidden_state", "pooler_output", "feature_maps"),
+        num_hidden_states={"": VISION_STATES},
+        num_attentions={"": VISION_ATTENTIONS},
+    ),
+    "FlorenceVisionBackbone": ModelSpec(
+        lambda: tiny_vision_config(out_features=["stem", "stage2", "stage3"]),
+        pixel_inputs,
+        per_sample=("feature_maps",),
+        num_hidden_states={"": VISION_STATES},
+        num_attentions={"": VISION_ATTENTIONS},
+    ),
+    "FlorenceTextModel": ModelSpec(
+        tiny_text_config,
+        text_inputs,
+        per_sample=("last_hidden_state", "pooler_output"),
+        num_hidden_states={"": TEXT_STATES},
+        num_attentions={"": TEXT_ATTENTIONS},
+    ),
+    "FlorenceModel": ModelSpec(
+        tiny_florence_config,
+        lambda batch: {**text_inputs(batch), **pixel_inputs(batch)},
+        per_sample=("image_embeds", "text_embeds"),
+        num_hidden_states={"vision_model_output": VISION_STATES, "text_model_output": TEXT_STATES},
+        num_attentions={"vision_model_output": VISION_ATTENTIONS, "text_model_output": TEXT_ATTENTIONS},
+        loss_inputs={"return_loss": True},
+    ),
+}
+
+
+def exported_model_classes() -> list[type]:
+    return sorted(
+        (
+            obj
+            for name, obj in vars(mf).items()
+            if not name.startswith("_") and isinstance(obj, type) and issubclass(obj, PreTrainedModel)
+            and obj.__module__.startswith("modeling_florence.") and not name.endswith("PreTrainedModel")
+        ),
+        key=lambda cls: cls.__name__,
+    )
+
+
+def test_every_exported_model_class_has_a_tester():
+    names = {cls.__name__ for cls in exported_model_classes()}
+    assert {"FlorenceModel", "FlorenceVisionModel", "FlorenceTextModel", "FlorenceVisionBackbone"} <= names
+    missing = names - set(TESTERS)
+    assert not missing, f"model classes without a common-suite tester: {sorted(missing)}"
+
+
+MODEL_CLASSES = [pytest.param(cls, id=cls.__name__) for cls in exported_model_classes()]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------------
+def build(cls, seed: int = 0, **config_overrides):
+    torch.manual_seed(seed)
+    config = TESTERS[cls.__name__].make_config()
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    return cls(config).eval()
+
+
+def tensors(value) -> list[torch.Tensor]:
+    """Every tensor of an output (ModelOutput, tuple or tensor), in order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, ModelOutput):
+        value = value.to_tuple()
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in tensors(item)]
+    return []
+
+
+def assert_outputs_close(actual, expected, atol=1e-5, rtol=1e-4):
+    actual, expected = tensors(actual), tensors(expected)
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, atol=atol, rtol=rtol)
+
+
+def nested(output, path: str):
+    return getattr(output, path) if path else output
+
+
+def first_float(output) -> torch.Tensor:
+    return next(t for t in tensors(output) if t.is_floating_point())
+
+
+def scalar_loss(output) -> torch.Tensor:
+    loss = getattr(output, "loss", None)
+    if loss is not None:
+        return loss
+    return sum(t.float().pow(2).mean() for t in tensors(output) if t.is_floating_point() and t.requires_grad)
+
+
+def save(model, directory) -> Path:
+    model.save_pretrained(directory)
+    return Path(directory)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Contracts
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_save_load_round_trip(cls, tmp_path):
+    model = build(cls)
+    inputs = TESTERS[cls.__name__].make_inputs(2)
+    folder = save(model, tmp_path)
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+    reloaded = cls.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert_outputs_close(reloaded(**inputs), model(**inputs), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_each_sub_model_loads_from_the_composite_folder(cls, tmp_path):
+    """As `CLIPVisionModel.from_pretrained(clip_folder)`: every sub-model class reads its own weights from the folder
+    of the model that holds it, and gives that sub-model's outputs."""
+    model = build(cls)
+    folder = save(model, tmp_path)
+    children = [(name, child) for name, child in model.named_children() if isinstance(child, PreTrainedModel)]
+    if not children:
+        pytest.skip(f"{cls.__name__} holds no sub-model")
+    for name, child in children:
+        loaded = type(child).from_pretrained(folder).eval()
+        expected = child.state_dict()
+        assert set(loaded.state_dict()) == set(expected), name
+        for key, value in loaded.state_dict().items():
+            assert torch.equal(value, expected[key]), f"{name}.{key} was not loaded from the composite folder"
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_every_missing_weight_is_initialised(cls, tmp_path):
+    """Weights absent from a checkpoint come from `_init_weights` (finite, and distributed like a fresh model's),
+    never from uninitialised memory."""
+    model = build(cls)
+    folder = save(model, tmp_path)
+    state = load_file(folder / "model.safetensors")
+    kept = {key: value for index, (key, value) in enumerate(sorted(state.items())) if index % 3 == 0}
+    save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
+    torch.manual_seed(1)
+    loaded = cls.from_pretrained(folder)
+    fresh = dict(build(cls, seed=2).named_parameters())
+    for name, param in loaded.named_parameters():
+        assert torch.isfinite(param).all(), f"{name} holds non-finite values"
+        if name in kept:
+            assert torch.equal(param, kept[name]), name
+            continue
+        reference = fresh[name].detach()
+        if reference.numel() >= 64 and reference.std() > 0:
+            ratio = (param.std() / reference.std()).item()
+            assert 0.7 < ratio < 1.4, f"{name}: std {param.std():.4g} vs a fresh model's {reference.std():.4g}"
+        else:
+            torch.testing.assert_close(param.detach().mean(), reference.mean(), atol=0.05, rtol=0.1)
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_batched_equals_one_by_one(cls):
+    model = build(cls)
+    tester = TESTERS[cls.__name__]
+    inputs = tester.make_inputs(3)
+    with torch.no_grad():
+        batched = model(**inputs)
+        singles = [model(**{k: v[i : i + 1] for k, v in inputs.items()}) for i in range(3)]
+    for key in tester.per_sample:
+        for b, s in zip(tensors(batched[key]), zip(*(tensors(single[key]) for single in singles))):
+            torch.testing.assert_close(b, torch.cat(s), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_hidden_states_and_attentions_shapes_and_gradients(cls):
+    tester = TESTERS[cls.__name__]
+    config = tester.make_config()
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    inputs = tester.make_inputs(2)
+    output = model(**inputs, output_hidden_states=True, output_attentions=True)
+    retained = []
+    for path, count in tester.num_hidden_states.items():
+        states = nested(output, path).hidden_states
+        assert len(states) == count, f"{path or cls.__name__}: {len(states)} hidden states, expected {count}"
+        assert all(s.shape[0] == 2 and s.ndim == 3 for s in states)
+        states[0].retain_grad()
+        retained.append(states[0])
+    for path, count in tester.num_attentions.items():
+        attentions = nested(output, path).attentions
+        assert len(attentions) == count, f"{path or cls.__name__}: {len(attentions)} attention maps, expected {count}"
+        assert all(a.ndim == 4 and a.shape[-1] == a.shape[-2] for a in attentions)
+        torch.testing.assert_close(attentions[0].sum(-1), torch.ones_like(attentions[0].sum(-1)))
+        attentions[0].retain_grad()
+        retained.append(attentions[0])
+    scalar_loss(output).backward()
+    for tensor in retained:
+        assert tensor.grad is not None and tensor.grad.abs().sum() > 0, "no gradient reached a returned tensor"
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_config_output_hidden_states_is_honoured(cls):
+    tester = TESTERS[cls.__name__]
+    model = build(cls, output_hidden_states=True)
+    with torch.no_grad():
+        output = model(**tester.make_inputs(1))
+    for path, count in tester.num_hidden_states.items():
+        assert len(nested(output, path).hidden_states) == count
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_sdpa_equals_eager(cls, tmp_path):
+    folder = save(build(cls), tmp_path)
+    inputs = TESTERS[cls.__name__].make_inputs(2)
+    outputs = {}
+    for implementation in ("eager", "sdpa"):
+        model = cls.from_pretrained(folder, attn_implementation=implementation).eval()
+        with torch.no_grad():
+            outputs[implementation] = model(**inputs)
+    assert_outputs_close(outputs["sdpa"], outputs["eager"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_gradient_checkpointing_gives_the_same_gradients(cls):
+    tester = TESTERS[cls.__name__]
+    inputs = {**tester.make_inputs(2), **tester.loss_inputs}
+    gradients = []
+    for checkpointing in (False, True):
+        model = build(cls).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.is_gradient_checkpointing
+        scalar_loss(model(**inputs)).backward()
+        gradients.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys() and gradients[0]
+    for name, grad in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_bf16_loading_casts_fp32_inputs(cls, tmp_path):
+    model = build(cls)
+    folder = save(model, tmp_path)
+    inputs = TESTERS[cls.__name__].make_inputs(2)
+    half = cls.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    with torch.no_grad():
+        reference, output = first_float(model(**inputs)), first_float(half(**inputs))
+    assert output.dtype == torch.bfloat16
+    similarity = torch.nn.functional.cosine_similarity(output.float().flatten(), reference.flatten(), dim=0)
+    assert similarity > 0.99
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_meta_device_init(cls):
+    config = TESTERS[cls.__name__].make_config()
+    with torch.device("meta"):
+        model = cls(config)
+    assert all(p.device.type == "meta" for p in model.parameters())
+    model.to_empty(device="cpu")
+    model.init_weights()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_return_dict_false_gives_the_same_tuple(cls):
+    model = build(cls)
+    inputs = TESTERS[cls.__name__].make_inputs(2)
+    with torch.no_grad():
+        as_dict, as_tuple = model(**inputs), model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple) and not isinstance(as_tuple, ModelOutput)
+    assert_outputs_close(as_tuple, as_dict.to_tuple(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_torch_export(cls):
+    model = build(cls)
+    inputs = TESTERS[cls.__name__].make_inputs(2)
+    exported = torch.export.export(model, args=(), kwargs=inputs, strict=False)
+    with torch.no_grad():
+        assert_outputs_close(exported.module()(**inputs), model(**inputs), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_lora_trains_only_the_adapters_and_merges_exactly(cls, tmp_path):
+    peft = pytest.importorskip("peft")
+    tester = TESTERS[cls.__name__]
+    model = build(cls)
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    targets = [target for target in tester.lora_targets if target in names]
+    assert targets, f"{cls.__name__} has none of the LoRA target layers {tester.lora_targets}"
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    lora = peft.get_peft_model(copy.deepcopy(model), config)
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    inputs = {**tester.make_inputs(2), **tester.loss_inputs}
+    scalar_loss(lora(**inputs)).backward()
+    assert all(p.grad is not None for n, p in lora.named_parameters() if p.requires_grad)
+    lora.eval()
+    plain_inputs = tester.make_inputs(2)
+    with torch.no_grad():
+        adapted = lora(**plain_inputs)
+        assert not all(torch.equal(a, b) for a, b in zip(tensors(adapted), tensors(model(**plain_inputs))))
+        lora.save_pretrained(tmp_path / "adapter")
+        reloaded = peft.PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "adapter").eval()
+        assert_outputs_close(reloaded(**plain_inputs), adapted, atol=1e-6, rtol=1e-5)
+        merged = lora.merge_and_unload()
+        assert_outputs_close(merged(**plain_inputs), adapted, atol=1e-5, rtol=1e-4)
