@@ -15,6 +15,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES, MODEL_MAPPING_NAMES
+
 from .configuration_florence import (
     FlorenceConfig,
     FlorenceTextConfig,
@@ -76,6 +78,11 @@ def _register_auto_classes() -> None:
     AutoProcessor.register(FlorenceConfig, FlorenceProcessor, exist_ok=True)
     for config_class in (FlorenceConfig, FlorenceTextConfig):
         AutoTokenizer.register(config_class, fast_tokenizer_class=CLIPTokenizer, exist_ok=True)
+    # Name the towers and the backbone where Transformers lists its own base models (`AutoModel.register` does not),
+    # so generic code (Trainer checks, the common model tests) knows they return features, not a loss.
+    MODEL_MAPPING_NAMES.setdefault(FlorenceVisionConfig.model_type, FlorenceVisionModel.__name__)
+    MODEL_MAPPING_NAMES.setdefault(FlorenceTextConfig.model_type, FlorenceTextModel.__name__)
+    MODEL_FOR_BACKBONE_MAPPING_NAMES.setdefault(FlorenceVisionConfig.model_type, FlorenceVisionBackbone.__name__)
 
 
 

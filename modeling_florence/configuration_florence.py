@@ -11,6 +11,9 @@ from pathlib import Path
 
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 PATCH_EMBED_CHOICES = ("conv", "linear")
 DOWNSAMPLE_CHOICES = ("conv", "merge")
@@ -85,6 +88,21 @@ class FlorenceVisionConfig(BackboneConfigMixin, PreTrainedConfig):
     def stage_dims(self) -> list[int]:
         return [self.embed_dim * 2**i for i in range(len(self.depths))]
 
+    def check_head_widths(self):
+        """Every stage width must split evenly into its heads. Checked when a model is built, not when the config is
+        (as Transformers' Swin: a config with an odd `embed_dim` still serialises, loads and compares)."""
+        for stage, (dim, heads) in enumerate(zip(self.stage_dims, self.num_heads)):
+            if dim % heads != 0:
+                raise ValueError(
+                    f"num_heads[{stage}]={heads} does not divide the stage width {dim} "
+                    f"(embed_dim={self.embed_dim} * 2**{stage})"
+                )
+
+    @property
+    def embed_dim_per_stage(self) -> list[int]:
+        """Channel width of every stage (the name generic Transformers code reads for multi-stage encoders)."""
+        return self.stage_dims
+
     def check_fields(self):
         """Reject shapes that cannot build a model with a `ValueError` naming the offending field."""
         if self.patch_embed not in PATCH_EMBED_CHOICES:
@@ -98,12 +116,8 @@ class FlorenceVisionConfig(BackboneConfigMixin, PreTrainedConfig):
             )
         if len(self.depths) == 0 or any(d < 1 for d in self.depths):
             raise ValueError(f"depths must list at least one stage, each with >= 1 block, got {self.depths}")
-        for stage, (dim, heads) in enumerate(zip(self.stage_dims, self.num_heads)):
-            if heads < 1 or dim % heads != 0:
-                raise ValueError(
-                    f"num_heads[{stage}]={heads} does not divide the stage width {dim} "
-                    f"(embed_dim={self.embed_dim} * 2**{stage})"
-                )
+        if any(heads < 1 for heads in self.num_heads):
+            raise ValueError(f"num_heads must be positive integers, got {self.num_heads}")
         for name in ("embed_dim", "window_size", "patch_size", "num_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -151,7 +165,11 @@ class FlorenceTextConfig(PreTrainedConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.eos_token_id is not None and not 0 <= self.eos_token_id < self.vocab_size:
-            raise ValueError(f"eos_token_id={self.eos_token_id} is outside the vocabulary (vocab_size={self.vocab_size})")
+            # A warning, as Transformers' own token-id validation: configs are often built before their ids are set.
+            logger.warning(
+                f"eos_token_id={self.eos_token_id} is outside the vocabulary (vocab_size={self.vocab_size}): the text "
+                "model then pools every text at its last token"
+            )
 
 
 class FlorenceConfig(PreTrainedConfig):

@@ -451,6 +451,7 @@ class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
 
     def __init__(self, config: FlorenceVisionConfig):
         super().__init__(config)
+        config.check_head_widths()
         self.embeddings = PATCH_EMBEDDINGS[config.patch_embed](config)
         total = sum(config.depths)  # stochastic depth grows linearly over all blocks (plain Python: meta-device safe)
         rates = [config.drop_path_rate * index / max(total - 1, 1) for index in range(total)]

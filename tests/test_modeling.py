@@ -114,7 +114,7 @@ def test_presets_ship_as_package_data(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        (dict(embed_dim=97), "num_heads"),
+        (dict(num_heads=[3, 0, 12, 24]), "num_heads"),
         (dict(depths=[2, 2], num_heads=[3, 6, 12]), "depths and num_heads"),
         (dict(patch_embed="overlap"), "patch_embed"),
         (dict(downsample="pool"), "downsample"),
@@ -123,6 +123,13 @@ def test_presets_ship_as_package_data(tmp_path):
 def test_invalid_vision_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         FlorenceVisionConfig(**kwargs)
+
+
+def test_head_widths_are_checked_when_the_model_is_built():
+    config = FlorenceVisionConfig(embed_dim=37)  # serialisable, as Swin's configs (Transformers' ConfigTester uses 37)
+    assert FlorenceVisionConfig.from_dict(config.to_dict()).embed_dim == 37
+    with pytest.raises(ValueError, match=r"num_heads\[0\]=3 does not divide the stage width 37"):
+        FlorenceVisionModel(config)
 
 
 def test_invalid_text_config_names_the_field():
