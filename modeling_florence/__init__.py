@@ -10,7 +10,6 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
     AutoVideoProcessor,
-    CLIPTokenizer,
 )
 
 from .configuration_florence import (
@@ -36,6 +35,7 @@ from .modeling_florence import (
     unicl_loss,
 )
 from .processing_florence import FlorenceProcessor, clean_text, default_tokenizer_path, text_label, text_labels
+from .tokenization_florence import FlorenceTokenizer
 from .shapes import (
     build_classification,
     build_detection,
@@ -69,7 +69,7 @@ def _register_auto_classes() -> None:
     AutoVideoProcessor.register(FlorenceConfig, FlorenceVideoProcessor, exist_ok=True)
     AutoProcessor.register(FlorenceConfig, FlorenceProcessor, exist_ok=True)
     for config_class in (FlorenceConfig, FlorenceTextConfig):
-        AutoTokenizer.register(config_class, fast_tokenizer_class=CLIPTokenizer, exist_ok=True)
+        AutoTokenizer.register(config_class, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
 
 
 _register_auto_classes()
