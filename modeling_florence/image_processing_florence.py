@@ -158,9 +158,14 @@ class FlorenceImageProcessorDefaults:
 
     def bound_resize_work(self, image, do_resize=None, size=None, do_center_crop=None, crop_size=None, **kwargs):
         """Make the resize of a channels-first image cost at most a few times its output (see the module docstring)."""
-        if not do_resize or size is None or not size.shortest_edge or size.longest_edge:
-            return image  # fixed or capped output sizes are bounded already
+        if not do_resize or size is None or not size.shortest_edge:
+            return image  # fixed output sizes are bounded already
         height, width = image.shape[-2:]
+        if size.longest_edge:  # capped: bounded, but an extreme aspect ratio can leave the short side no pixel
+            if round(size.longest_edge * min(height, width) / max(height, width)) < 1 < size.shortest_edge:
+                raise ValueError(f"A {width}x{height} image resized to longest_edge={size.longest_edge} keeps no pixel "
+                                 "on its short side")
+            return image
         if do_center_crop and crop_size is not None and crop_size.height and crop_size.width:
             rows, columns = crop_window(height, width, size.shortest_edge, crop_size.height, crop_size.width)
             return image[..., rows, columns]

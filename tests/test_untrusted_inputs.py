@@ -135,7 +135,7 @@ def test_pixel_limit_is_configurable_and_covers_arrays():
         small(Image.new("RGB", (40, 30)))
     with pytest.raises(ValueError, match="max_image_pixels=1,000"):
         small(np.zeros((30, 40, 3), np.uint8))
-    assert small(np.zeros((20, 40, 3), np.uint8))["pixel_values"].shape == (1, 3, 224, 224)
+    assert small(np.zeros((20, 40, 3), np.uint8), return_tensors="pt")["pixel_values"].shape == (1, 3, 224, 224)
     with pytest.raises(ValueError, match="positive integer"):
         FlorenceImageProcessor(max_image_pixels=0)
     assert "max_image_pixels" in FlorenceImageProcessor(max_image_pixels=77).to_dict()
@@ -147,11 +147,11 @@ def test_unloaded_jpeg_is_decoded_at_reduced_scale(tmp_path):
     Image.fromarray(smooth).save(tmp_path / "big.jpg", quality=95)
     processor = FlorenceImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
     lazy = Image.open(tmp_path / "big.jpg")
-    drafted = processor(lazy)["pixel_values"]
+    drafted = processor(lazy, return_tensors="pt")["pixel_values"]
     assert lazy.size == (200, 150)  # 1/8 scale: the smallest at least twice the 64-pixel target
-    full = processor(Image.open(tmp_path / "big.jpg").convert("RGB"))["pixel_values"]  # loaded: no draft
+    full = processor(Image.open(tmp_path / "big.jpg").convert("RGB"), return_tensors="pt")["pixel_values"]  # loaded: no draft
     assert (drafted - full).abs().mean() < 0.05
-    torch.testing.assert_close(processor(str(tmp_path / "big.jpg"))["pixel_values"], drafted)
+    torch.testing.assert_close(processor(str(tmp_path / "big.jpg"), return_tensors="pt")["pixel_values"], drafted)
 
 
 class ResizeRecorder:
@@ -171,7 +171,7 @@ class ResizeRecorder:
 def test_extreme_aspect_ratio_costs_what_the_crop_costs(processor_class, shape):
     processor = processor_class()
     recorder = ResizeRecorder(processor)
-    out = processor(Image.new("RGB", shape[::-1], (10, 200, 30)))["pixel_values"]
+    out = processor(Image.new("RGB", shape[::-1], (10, 200, 30)), return_tensors="pt")["pixel_values"]
     assert out.shape == (1, 3, 224, 224)
     assert max(recorder.inputs) <= 1000  # the source columns the crop can reach, not 100,000 (nor 224 x 22.4M)
     expected = CLIPImageProcessor()(Image.new("RGB", (50, 50), (10, 200, 30)), return_tensors="pt")["pixel_values"]
@@ -199,9 +199,12 @@ def test_uncropped_resize_caps_the_long_side():
     processor = FlorenceImageProcessor(do_center_crop=False)
     with pytest.raises(ValueError, match=r"gives 22400000x224, over max_resized_edge=8192.*longest_edge"):
         processor(Image.new("RGB", (100_000, 1)))
-    clamped = processor(Image.new("RGB", (100_000, 1)), size={"shortest_edge": 224, "longest_edge": 448})
-    assert clamped["pixel_values"].shape[-1] == 448
-    assert processor(Image.new("RGB", (300, 100)))["pixel_values"].shape == (1, 3, 224, 672)
+    clamped = processor(Image.new("RGB", (3000, 100)), size={"shortest_edge": 224, "longest_edge": 448},
+                        return_tensors="pt")
+    assert clamped["pixel_values"].shape[-2:] == (15, 448)
+    with pytest.raises(ValueError, match="longest_edge"):  # the clamp would leave the short side no pixel
+        processor(Image.new("RGB", (100_000, 1)), size={"shortest_edge": 224, "longest_edge": 448})
+    assert processor(Image.new("RGB", (300, 100)), return_tensors="pt")["pixel_values"].shape == (1, 3, 224, 672)
 
 
 # ---------------------------------------------------------------- strings are never fetched without opt-in
@@ -233,7 +236,7 @@ def test_urls_need_an_explicit_opt_in(processor_class, fake_web):
     with pytest.raises(ValueError, match="scheme"):
         processor("ftp://example.com/cat.png", allow_urls=True)
     assert fake_web == []
-    fetched = processor("https://example.com/cat.png", allow_urls=True)["pixel_values"]
+    fetched = processor("https://example.com/cat.png", allow_urls=True, return_tensors="pt")["pixel_values"]
     assert fetched.shape == (1, 3, 224, 224) and fake_web == ["https://example.com/cat.png"]
     with pytest.raises(ValueError, match="call-time"):
         processor_class(allow_urls=True)
@@ -243,9 +246,9 @@ def test_urls_need_an_explicit_opt_in(processor_class, fake_web):
 def test_strings_are_local_paths_or_data_uris(tmp_path, fake_web):
     Image.new("RGB", (40, 30), (0, 0, 255)).save(tmp_path / "http_example.png")
     processor = FlorenceImageProcessor()
-    from_path = processor(str(tmp_path / "http_example.png"))["pixel_values"]
+    from_path = processor(str(tmp_path / "http_example.png"), return_tensors="pt")["pixel_values"]
     data_uri = "data:image/png;base64," + base64.b64encode((tmp_path / "http_example.png").read_bytes()).decode()
-    torch.testing.assert_close(processor(data_uri)["pixel_values"], from_path)
+    torch.testing.assert_close(processor(data_uri, return_tensors="pt")["pixel_values"], from_path)
     with pytest.raises(FileNotFoundError, match="missing.png"):
         processor(str(tmp_path / "missing.png"))
     assert fake_web == []
@@ -316,7 +319,8 @@ def test_large_video_frames_are_scaled_when_converted(tmp_path, video_writer, mo
 
 def test_extreme_aspect_video_is_cut_before_resizing(tmp_path, video_writer):
     video_writer(tmp_path / "strip.mp4", frames=4, size=(16, 2048))
-    processor = FlorenceVideoProcessor(num_frames=2, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = FlorenceVideoProcessor(num_frames=2, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                       max_resized_edge=1024)
     recorder = ResizeRecorder(processor)
     assert processor(str(tmp_path / "strip.mp4"))["pixel_values_videos"].shape == (1, 2, 3, 32, 32)
     assert max(recorder.inputs) <= 16 * 40
@@ -402,7 +406,9 @@ def test_broken_tokenizer_folders_fail_naming_the_file(processor, tmp_path, dama
     shutil.copytree(tmp_path / "good", tmp_path / "bad")
     damage(tmp_path / "bad")
     loaders = [FlorenceProcessor.from_pretrained, AutoProcessor.from_pretrained]
-    if damage is not break_legacy:  # AutoTokenizer then loads Transformers' own CLIPTokenizer, not ours
+    # AutoTokenizer reads tokenizer_config.json itself before calling our class (a bare JSONDecodeError), and for a
+    # legacy folder it loads Transformers' own CLIPTokenizer: the two cases only our loaders can name the file in
+    if damage not in (break_legacy, break_config):
         loaders.append(AutoTokenizer.from_pretrained)
     for loader in loaders:
         with pytest.raises((ValueError, FileNotFoundError), match=message):
