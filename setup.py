@@ -33,6 +33,7 @@ setup(
         "pillow",
         "numpy",
         "ftfy",
+        "regex",  # open_clip's tokenizer pattern (\p{L}), in tokenization_florence
     ],
     extras_require={
         "video": ["av"],

@@ -12,7 +12,6 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
     AutoVideoProcessor,
-    CLIPTokenizer,
 )
 
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES, MODEL_MAPPING_NAMES
@@ -41,6 +40,7 @@ from .modeling_florence import (
     unicl_loss,
 )
 from .processing_florence import FlorenceProcessor, clean_text, default_tokenizer_path, text_label, text_labels
+from .tokenization_florence import FlorenceTokenizer
 from .shapes import (
     build_classification,
     build_detection,
@@ -77,13 +77,12 @@ def _register_auto_classes() -> None:
     AutoVideoProcessor.register(FlorenceConfig, FlorenceVideoProcessor, exist_ok=True)
     AutoProcessor.register(FlorenceConfig, FlorenceProcessor, exist_ok=True)
     for config_class in (FlorenceConfig, FlorenceTextConfig):
-        AutoTokenizer.register(config_class, fast_tokenizer_class=CLIPTokenizer, exist_ok=True)
+        AutoTokenizer.register(config_class, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
     # Name the towers and the backbone where Transformers lists its own base models (`AutoModel.register` does not),
     # so generic code (Trainer checks, the common model tests) knows they return features, not a loss.
     MODEL_MAPPING_NAMES.setdefault(FlorenceVisionConfig.model_type, FlorenceVisionModel.__name__)
     MODEL_MAPPING_NAMES.setdefault(FlorenceTextConfig.model_type, FlorenceTextModel.__name__)
     MODEL_FOR_BACKBONE_MAPPING_NAMES.setdefault(FlorenceVisionConfig.model_type, FlorenceVisionBackbone.__name__)
-
 
 
 def _load_local_backbone_folders() -> None:

@@ -2,7 +2,11 @@
 """`FlorenceProcessor`: tokenizer + image processor + video processor, and the UniCL labels of texts.
 
 Texts are cleaned as CLIP cleans them (ftfy, HTML unescaping, whitespace) before the CLIP BPE tokenizer, so ids
-equal open_clip's; they are truncated to the 77 positions of the text tower and padded to the longest text.
+equal open_clip's, special-token strings in the text included (see `tokenization_florence`); they are truncated to
+the 77 positions of the text tower (the end-of-text id kept last) and padded to the longest text.
+
+Images and videos given as strings are read as local paths; URLs are downloaded only when a call passes
+`allow_urls=True`. `from_pretrained` refuses a folder whose tokenizer files are missing or broken, naming the file.
 
 UniCL treats pairs whose texts are identical as positives of each other. The label of a text is a stable 63-bit
 hash (BLAKE2b) of its cleaned, lower-cased form: the same in every process and run, unlike Python's salted `hash`.
@@ -15,9 +19,10 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import CLIPTokenizer, ProcessorMixin
+from transformers import ProcessorMixin
 
 from .image_processing_florence import FlorenceImageProcessor
+from .tokenization_florence import FlorenceTokenizer, encode_like_open_clip, load_checked
 from .video_processing_florence import FlorenceVideoProcessor
 
 CONTEXT_LENGTH = 77
@@ -68,11 +73,18 @@ class FlorenceProcessor(ProcessorMixin):
         crop = {"height": image_size, "width": image_size}
         return cls(
             image_processor=FlorenceImageProcessor(size=size, crop_size=crop, **image_kwargs),
-            tokenizer=CLIPTokenizer.from_pretrained(default_tokenizer_path()),
+            tokenizer=FlorenceTokenizer.from_pretrained(default_tokenizer_path()),
             video_processor=FlorenceVideoProcessor(num_frames=num_frames, size=size, crop_size=crop),
         )
 
-    def __call__(self, text=None, images=None, videos=None, return_labels: bool = False, **kwargs):
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Transformers' loading, with the tokenizer files checked first and the vocabulary after (also for folders
+        saved with Transformers' `CLIPTokenizer`, which would otherwise load without its vocabulary)."""
+        return load_checked(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
+
+    def __call__(self, text=None, images=None, videos=None, return_labels: bool = False, allow_urls: bool = False,
+                 **kwargs):
         if text is None and images is None and videos is None:
             raise ValueError("FlorenceProcessor needs at least one of text, images or videos")
         return_tensors = kwargs.pop("return_tensors", "pt")
@@ -81,19 +93,30 @@ class FlorenceProcessor(ProcessorMixin):
             texts = [text] if isinstance(text, str) else list(text)
             if not all(isinstance(t, str) for t in texts):
                 raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}")
-            cleaned = [clean_text(t) for t in texts]
-            tokenizer_kwargs = dict(padding=True, truncation=True, max_length=CONTEXT_LENGTH)
-            tokenizer_kwargs.update({k: kwargs.pop(k) for k in ("padding", "truncation", "max_length") if k in kwargs})
-            outputs.update(self.tokenizer(cleaned, return_tensors=return_tensors, **tokenizer_kwargs))
+            text_kwargs = {k: kwargs.pop(k) for k in ("padding", "truncation", "max_length") if k in kwargs}
+            outputs.update(self.tokenize(texts, return_tensors=return_tensors, **text_kwargs))
             if return_labels:
                 outputs["labels"] = text_labels(texts)
         elif return_labels:
             raise ValueError("return_labels=True needs text: UniCL labels are computed from the texts")
         if images is not None:
-            outputs.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
+            outputs.update(self.image_processor(images, return_tensors=return_tensors, allow_urls=allow_urls, **kwargs))
         if videos is not None:
-            outputs.update(self.video_processor(videos, return_tensors=return_tensors))
+            outputs.update(self.video_processor(videos, return_tensors=return_tensors, allow_urls=allow_urls))
         return outputs if return_tensors is None else _batch(outputs)
+
+    def tokenize(self, texts: list[str], padding=True, truncation: bool = True, max_length: int | None = None,
+                 return_tensors="pt"):
+        """`input_ids`/`attention_mask` of raw texts, equal to open_clip's ids: cleaned, encoded with open_clip's
+        reading of special-token strings, wrapped in start/end ids (truncated to `max_length`, 77 by default, with
+        the end id kept last), then padded by the tokenizer."""
+        max_length = max_length or CONTEXT_LENGTH
+        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        rows = []
+        for content in encode_like_open_clip(self.tokenizer, [clean_text(text) for text in texts]):
+            rows.append([bos] + (content[: max_length - 2] if truncation else content) + [eos])
+        pad_to = max_length if padding == "max_length" else None
+        return self.tokenizer.pad({"input_ids": rows}, padding=padding, max_length=pad_to, return_tensors=return_tensors)
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
