@@ -1,0 +1,146 @@
+"""Write a saved Florence model folder as a Hub repository that loads with `trust_remote_code=True`.
+
+The output is exactly what gets uploaded: safetensors weights, `config.json` with an `auto_map` entry for every Auto
+class the model serves, the flat `modeling_florence` modules the model and its processor import (and nothing else),
+the processor and tokenizer files with their own `auto_map`, and the model card. A machine without this package then
+loads it with `AutoModel.from_pretrained(repo, trust_remote_code=True)`, `AutoProcessor` and the task's pipeline.
+
+    python conversion/export_for_hub.py --model outputs/florence-tiny-shapes --output hub/florence-tiny-shapes
+    python conversion/export_for_hub.py --model ... --output ... --push-to-hub you/florence-tiny-shapes [--dry-run]
+"""
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import transformers
+from transformers.dynamic_module_utils import get_relative_import_files
+
+import modeling_florence  # noqa: F401  (registers the Florence classes with the Auto classes)
+from modeling_florence import FlorenceProcessor
+from modeling_florence.model_card import load_results, write_model_card
+
+# Auto classes a Florence model can be served through; the export lists those whose mapping holds its config class.
+MODEL_AUTO_CLASSES = (
+    "AutoModel",
+    "AutoBackbone",
+    "AutoModelForZeroShotImageClassification",
+    "AutoModelForImageClassification",
+    "AutoModelForObjectDetection",
+    "AutoModelForZeroShotObjectDetection",
+    "AutoModelForVisualQuestionAnswering",
+    "AutoModelForVideoClassification",
+)
+PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja")
+
+
+def reference(cls: type) -> str:
+    """`module.Class` as `auto_map` names a class of a module file in the repository."""
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+
+def model_auto_map(model_class: type, config_class: type) -> dict:
+    auto_map = {"AutoConfig": reference(config_class)}
+    for name in MODEL_AUTO_CLASSES:
+        mapping = getattr(transformers, name)._model_mapping
+        served = mapping._extra_content.get(config_class)
+        if served is not None:
+            auto_map[name] = reference(served)
+    if model_class.__name__ not in {entry.rsplit(".", 1)[-1] for entry in auto_map.values()}:
+        raise ValueError(f"{model_class.__name__} is not registered with any Auto class; cannot export it")
+    return auto_map
+
+
+def module_files(*classes: type) -> list[Path]:
+    """The module files defining `classes` and every module they import relatively (`from .x import y`)."""
+    files = set()
+    for cls in classes:
+        source = Path(sys.modules[cls.__module__].__file__)
+        files.add(source)
+        files.update(Path(path) for path in get_relative_import_files(source))
+    return sorted(files)
+
+
+def _update_json(path: Path, update) -> None:
+    content = json.loads(path.read_text())
+    update(content)
+    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def export(model_dir: str | Path, output: str | Path, model_name: str | None = None) -> list[Path]:
+    """Write the Hub folder; returns the files written (the upload list)."""
+    model_dir, output = Path(model_dir), Path(output)
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    architecture = (config.architectures or [None])[0]
+    model_class = getattr(modeling_florence, architecture or "", None)
+    if model_class is None:
+        raise ValueError(f"{model_dir}/config.json names architecture {architecture!r}, not a Florence model class")
+    if output.exists() and any(output.iterdir()):
+        raise FileExistsError(f"{output} is not empty; export writes a fresh folder")
+    output.mkdir(parents=True, exist_ok=True)
+
+    model = model_class.from_pretrained(model_dir)
+    model.save_pretrained(output)
+    processor = FlorenceProcessor.from_pretrained(model_dir)
+    processor.save_pretrained(output)
+
+    processor_classes = [type(processor), type(processor.image_processor), type(processor.tokenizer)]
+    processor_classes += [type(processor.video_processor)] if getattr(processor, "video_processor", None) else []
+    for source in module_files(model_class, type(config), *processor_classes):
+        shutil.copy2(source, output / source.name)
+
+    _update_json(output / "config.json", lambda c: c.update(auto_map=model_auto_map(model_class, type(config))))
+
+    image_classes = {"torchvision": reference(type(processor.image_processor))}
+
+    def processor_auto_map(content: dict) -> None:
+        content["auto_map"] = {"AutoProcessor": reference(type(processor))}
+        if isinstance(content.get("image_processor"), dict):
+            content["image_processor"]["auto_map"] = {"AutoImageProcessor": image_classes}
+        if isinstance(content.get("video_processor"), dict):
+            content["video_processor"]["auto_map"] = {"AutoVideoProcessor": reference(type(processor.video_processor))}
+
+    _update_json(output / "processor_config.json", processor_auto_map)
+    _update_json(
+        output / "tokenizer_config.json",
+        lambda c: c.update(auto_map={"AutoTokenizer": [reference(type(processor.tokenizer)), None]}),
+    )
+    results = model_dir / "eval_results.json"
+    write_model_card(output, model_name=model_name or output.name, results=results if results.is_file() else None,
+                     remote_code=True)
+    if results.is_file():
+        (output / "eval_results.json").write_text(json.dumps(load_results(results), indent=2) + "\n")
+    return sorted(path for path in output.iterdir() if path.is_file())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a saved Florence model folder (with its processor)")
+    parser.add_argument("--output", required=True, help="the folder to write (must be new or empty)")
+    parser.add_argument("--model-name", default=None, help="name shown in the model card (default: the repo id)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the folder to this repo")
+    parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list the files, upload nothing")
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    files = export(args.model, args.output, model_name=args.model_name or args.push_to_hub)
+    print(f"Wrote {len(files)} files to {args.output}:")
+    for path in files:
+        print(f"  {path.name} ({path.stat().st_size:,} bytes)")
+    if args.push_to_hub:
+        if args.dry_run:
+            print(f"Dry run: would upload the {len(files)} files above to {args.push_to_hub}")
+        else:
+            from huggingface_hub import create_repo, upload_folder
+
+            create_repo(args.push_to_hub, private=args.private, exist_ok=True)
+            upload_folder(repo_id=args.push_to_hub, folder_path=args.output,
+                          commit_message="Florence model exported with conversion/export_for_hub.py")
+            print(f"Uploaded to https://huggingface.co/{args.push_to_hub}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
