@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench demo clean
+.PHONY: install test bench demo app clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ bench: install
 # and retrieval, save the model and its processor to outputs/florence-tiny-shapes.
 demo: install
 	$(PY) examples/pretrain_unicl.py --recipe configuration/recipe-unicl-tiny.json --output outputs/florence-tiny-shapes
+
+# The Gradio demo Space on the `make demo` model (FLORENCE_MODEL=folder-or-repo to change), http://127.0.0.1:7860.
+app: install
+	$(PY) examples/space/app.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -38,8 +38,10 @@ setup(
     extras_require={
         "video": ["av"],
         "demo": ["gradio"],
+        # The Space's tests: a gradio client and Playwright driving Debian's chromium (no browser download).
         "train": ["tensorboard", "matplotlib", "scikit-learn"],
-        "dev": ["pytest", "open_clip_torch", "av", "tensorboard", "matplotlib", "scikit-learn", "ftfy", "regex"],
+        "dev": ["pytest", "open_clip_torch", "av", "tensorboard", "matplotlib", "scikit-learn", "ftfy", "regex",
+                "gradio", "gradio_client", "playwright"],
     },
     entry_points={"console_scripts": ["florence-pretrain=modeling_florence.pretraining_florence:main"]},
 )
