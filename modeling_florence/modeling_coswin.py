@@ -24,8 +24,11 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_florence import FlorenceVisionConfig
+
+logger = logging.get_logger(__name__)
 
 # Value added to attention logits between tokens of different regions of a shifted window; the one Swin uses, kept
 # so masked softmax weights equal the peers' to the last bit.
@@ -179,6 +182,18 @@ def shifted_window_mask(
     return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill_(different, SHIFTED_WINDOW_MASK_VALUE)
 
 
+def attention_function(config, output_attentions: bool = False) -> Callable:
+    """The configured attention kernel, or the eager reference for a call that asks for attention weights (fused
+    kernels do not return them): such a call gets real weights, and the same outputs."""
+    if output_attentions and config._attn_implementation != "eager":
+        logger.warning_once(
+            f"output_attentions=True runs the eager attention (the {config._attn_implementation!r} kernel returns no "
+            "weights); load the model with attn_implementation=\"eager\" to make that the default"
+        )
+        return eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -235,6 +250,7 @@ class FlorenceVisionWindowAttention(nn.Module):
         windows: torch.Tensor,
         window: tuple[int, int],
         shift_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         num_windows_total, tokens, channels = windows.shape
@@ -249,10 +265,7 @@ class FlorenceVisionWindowAttention(nn.Module):
             attention_mask = attention_mask.unsqueeze(0).expand(batch, -1, -1, -1, -1)
             attention_mask = attention_mask.reshape(num_windows_total, self.num_heads, tokens, tokens)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
+        attn_output, attn_weights = attention_function(self.config, output_attentions)(
             self,
             query,
             key,
@@ -321,7 +334,7 @@ class FlorenceVisionLayer(GradientCheckpointingLayer):
             mask = None
 
         windows = window_partition(hidden_states, window)
-        attn_windows, attn_weights = self.attn(windows, window, mask, **kwargs)
+        attn_windows, attn_weights = self.attn(windows, window, mask, output_attentions=output_attentions, **kwargs)
         hidden_states = window_reverse(attn_windows, window, *padded_size)
         if has_shift:
             hidden_states = torch.roll(hidden_states, shifts=shift, dims=(1, 2))

@@ -7,7 +7,6 @@ zero-shot-image-classification pipeline work unchanged.
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,6 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_florence import FlorenceConfig, FlorenceTextConfig
@@ -27,6 +25,7 @@ from .loss_florence import global_batch_unicl_loss, unicl_loss
 from .modeling_coswin import (
     FlorenceVisionModel,
     FlorenceVisionModelOutput,
+    attention_function,
     eager_attention_forward,
     resolve_output_flags,
 )
@@ -82,15 +81,19 @@ class FlorenceTextAttention(nn.Module):
         self.v_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
         self.out_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), self.embed_dim**-0.5 * factor)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ):
         batch, length, _ = hidden_states.shape
         shape = (batch, length, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        attention_interface = attention_function(self.config, output_attentions)
         if attention_mask is None and attention_interface is eager_attention_forward:
             # Only fused kernels understand `is_causal`; the reference path needs the mask spelled out.
             attention_mask = torch.full((length, length), torch.finfo(query.dtype).min, dtype=query.dtype,
@@ -132,8 +135,16 @@ class FlorenceTextLayer(GradientCheckpointingLayer):
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = FlorenceTextMLP(config)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        attn_output, attn_weights = self.self_attn(self.layer_norm1(hidden_states), attention_mask, **kwargs)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ):
+        attn_output, attn_weights = self.self_attn(
+            self.layer_norm1(hidden_states), attention_mask, output_attentions=output_attentions, **kwargs
+        )
         hidden_states = hidden_states + attn_output
         hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
         return hidden_states, attn_weights
@@ -148,7 +159,7 @@ class FlorenceTextEncoder(nn.Module):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, attention_mask, **kw)
+            hidden_states, attn_weights = layer(hidden_states, attention_mask, output_attentions=output_attentions, **kw)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:

@@ -158,3 +158,19 @@ def test_padding_mask_is_honoured_without_changing_the_pooled_feature(florence):
             length = int(text["attention_mask"][row].sum())
             alone = florence.text_model(input_ids=text["input_ids"][row : row + 1, :length]).pooler_output
             torch.testing.assert_close(batched[row : row + 1], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_attention_weights_from_an_sdpa_model_are_the_eager_ones(two_tower_folder):
+    """Fused kernels return no weights: a call asking for them runs the eager path, with the same outputs."""
+    inputs = {**text_inputs(2), **pixel_inputs(2)}
+    outputs = {}
+    for implementation in ("sdpa", "eager"):
+        model = FlorenceModel.from_pretrained(two_tower_folder, attn_implementation=implementation).eval()
+        with torch.no_grad():
+            outputs[implementation] = model(**inputs, output_attentions=True)
+    for tower in ("vision_model_output", "text_model_output"):
+        sdpa, eager = outputs["sdpa"][tower].attentions, outputs["eager"][tower].attentions
+        assert len(sdpa) == len(eager) and all(a is not None for a in sdpa)
+        for a, b in zip(sdpa, eager):
+            torch.testing.assert_close(a, b)
+    torch.testing.assert_close(outputs["sdpa"].logits_per_image, outputs["eager"].logits_per_image)
