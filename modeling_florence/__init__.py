@@ -73,3 +73,31 @@ def _register_auto_classes() -> None:
 
 
 _register_auto_classes()
+
+
+# Video CoSwin (issue 13): Florence's "time" adapter, inflated from the image model.
+from transformers import AutoModelForVideoClassification  # noqa: E402
+
+from .configuration_florence_video import FlorenceVideoConfig, FlorenceVideoVisionConfig  # noqa: E402
+from .modeling_florence_video import (  # noqa: E402
+    FlorenceForVideoClassification,
+    FlorenceVideoModel,
+    FlorenceVideoOutput,
+    FlorenceVideoVisionModel,
+    FlorenceVideoVisionModelOutput,
+)
+
+
+def _register_video_auto_classes() -> None:
+    """`AutoConfig` / `AutoModel` / `AutoModelForVideoClassification` and the processors for the video model types."""
+    for config_class in (FlorenceVideoVisionConfig, FlorenceVideoConfig):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(FlorenceVideoVisionConfig, FlorenceVideoVisionModel, exist_ok=True)
+    AutoModel.register(FlorenceVideoConfig, FlorenceVideoModel, exist_ok=True)
+    AutoModelForVideoClassification.register(FlorenceVideoConfig, FlorenceForVideoClassification, exist_ok=True)
+    AutoVideoProcessor.register(FlorenceVideoConfig, FlorenceVideoProcessor, exist_ok=True)
+    AutoProcessor.register(FlorenceVideoConfig, FlorenceProcessor, exist_ok=True)
+    AutoTokenizer.register(FlorenceVideoConfig, fast_tokenizer_class=CLIPTokenizer, exist_ok=True)
+
+
+_register_video_auto_classes()

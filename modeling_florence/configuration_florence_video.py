@@ -179,3 +179,14 @@ class FlorenceVideoConfig(PreTrainedConfig):
 
 
 __all__ = ["FlorenceVideoConfig", "FlorenceVideoVisionConfig"]
+
+
+def _register_presets() -> None:
+    """Let `load_preset("florence-video-tiny")` build these configs (presets are found by their `model_type`)."""
+    from .configuration_florence import CONFIG_CLASSES
+
+    for config_class in (FlorenceVideoVisionConfig, FlorenceVideoConfig):
+        CONFIG_CLASSES.setdefault(config_class.model_type, config_class)
+
+
+_register_presets()

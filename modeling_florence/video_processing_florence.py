@@ -114,6 +114,9 @@ class FlorenceVideoProcessor(BaseVideoProcessor):
             isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim == 4
         ) or (isinstance(videos, list) and videos and hasattr(videos[0], "convert"))
         videos = [videos] if single else list(videos)
+        # Sampling happens here (`clip_indices`); the video-classification pipeline still passes these two.
+        kwargs.pop("do_sample_frames", None)
+        kwargs.pop("num_frames", None)
         clips = []
         for video in videos:
             frames = to_frame_array(video)
