@@ -702,16 +702,18 @@ class FlorenceVideoPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """Modules outside the towers (the towers are `PreTrainedModel`s and initialise themselves): projections,
-        temperature, classification head."""
+        """Modules outside the towers (the towers are `PreTrainedModel`s and initialise themselves): CLIP's init for
+        the projections, Swin's for the classification head, the configured temperature.
+
+        Heads are matched at their own module (Transformers skips a custom-code module without direct parameters)."""
         factor = self.config.initializer_factor or 1.0
-        if isinstance(module, FlorenceVideoModel):
-            init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5 * factor)
-            init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5 * factor)
+        if module is getattr(self, "classifier", None):
+            init.trunc_normal_(module.weight, std=self.config.vision_config.initializer_range)
+            init.zeros_(module.bias)
+        elif module is getattr(self, "visual_projection", None) or module is getattr(self, "text_projection", None):
+            init.normal_(module.weight, std=module.in_features**-0.5 * factor)
+        elif isinstance(module, FlorenceVideoModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
-        elif isinstance(module, FlorenceForVideoClassification):
-            init.trunc_normal_(module.classifier.weight, std=self.config.vision_config.initializer_range)
-            init.zeros_(module.classifier.bias)
 
 
 class FlorenceVideoModel(FlorenceVideoPreTrainedModel):
