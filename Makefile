@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench demo app clean
+.PHONY: install test bench demo demo-video app clean
 
 install: $(STAMP)
 
@@ -22,6 +22,7 @@ test: install
 bench: install
 	$(PY) bench/bench_towers.py
 	$(PY) bench/bench_pretrain.py
+	$(PY) bench/bench_video.py
 
 # The main job: generate Florence Shapes, pretrain florence-tiny with UniCL, evaluate held-out zero-shot accuracy
 # and retrieval, save the model and its processor to outputs/florence-tiny-shapes.
@@ -34,3 +35,9 @@ app: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Video CoSwin: inflate the `make demo` model into florence-video-tiny, report zero-shot action accuracy, fine-tune on
+# Shapes video (video-text UniCL, then classification), evaluate held-out clips, save a pipeline-ready folder.
+demo-video: install
+	test -d outputs/florence-tiny-shapes || $(MAKE) demo
+	$(PY) examples/train_video.py --image-model outputs/florence-tiny-shapes --output outputs/florence-video-tiny-shapes

@@ -8,6 +8,7 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForVideoClassification,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
     AutoTokenizer,
@@ -52,6 +53,14 @@ from .shapes import (
     vqa_soft_scores,
 )
 from .video_processing_florence import FlorenceVideoProcessor, decode_video
+from .configuration_florence_video import FlorenceVideoConfig, FlorenceVideoVisionConfig
+from .modeling_florence_video import (
+    FlorenceForVideoClassification,
+    FlorenceVideoModel,
+    FlorenceVideoOutput,
+    FlorenceVideoVisionModel,
+    FlorenceVideoVisionModelOutput,
+)
 
 __version__ = "0.1.0"
 
@@ -78,6 +87,15 @@ def _register_auto_classes() -> None:
     AutoProcessor.register(FlorenceConfig, FlorenceProcessor, exist_ok=True)
     for config_class in (FlorenceConfig, FlorenceTextConfig):
         AutoTokenizer.register(config_class, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
+    # Video CoSwin, inflated from the image model.
+    for config_class in (FlorenceVideoVisionConfig, FlorenceVideoConfig):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(FlorenceVideoVisionConfig, FlorenceVideoVisionModel, exist_ok=True)
+    AutoModel.register(FlorenceVideoConfig, FlorenceVideoModel, exist_ok=True)
+    AutoModelForVideoClassification.register(FlorenceVideoConfig, FlorenceForVideoClassification, exist_ok=True)
+    AutoVideoProcessor.register(FlorenceVideoConfig, FlorenceVideoProcessor, exist_ok=True)
+    AutoProcessor.register(FlorenceVideoConfig, FlorenceProcessor, exist_ok=True)
+    AutoTokenizer.register(FlorenceVideoConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
     # Name the towers and the backbone where Transformers lists its own base models (`AutoModel.register` does not),
     # so generic code (Trainer checks, the common model tests) knows they return features, not a loss.
     MODEL_MAPPING_NAMES.setdefault(FlorenceVisionConfig.model_type, FlorenceVisionModel.__name__)

@@ -22,6 +22,9 @@ PIPELINE_TAGS = {
     "FlorenceForObjectDetection": "object-detection",
     "FlorenceForVQA": "visual-question-answering",
     "FlorenceVideoModel": "video-classification",
+    "FlorenceVideoVisionModel": "feature-extraction",
+    "FlorenceFusionModel": "feature-extraction",
+    "FlorenceForVisionLanguagePretraining": "feature-extraction",
     "FlorenceForVideoClassification": "video-classification",
 }
 DEFAULT_DATASET = "florence-shapes"

@@ -450,13 +450,14 @@ def _check_pixel_values(config: FlorenceVisionConfig, pixel_values: torch.Tensor
         )
 
 
-def _record(hidden_states: torch.Tensor, all_hidden_states: tuple | None) -> tuple[torch.Tensor, tuple | None]:
-    """Append the `(B, L, C)` tokens of a `(B, H, W, C)` map to `all_hidden_states` and continue from that very
-    tensor, so the recorded hidden state is part of the graph (its gradient is the one the network sees)."""
+def record_tokens(hidden_states: torch.Tensor, all_hidden_states: tuple | None) -> tuple[torch.Tensor, tuple | None]:
+    """Append the `(B, L, C)` tokens of a channels-last map (`(B, H, W, C)`, or `(B, T, H, W, C)` for video) to
+    `all_hidden_states` and continue from that very tensor, so the recorded hidden state is part of the graph (its
+    gradient is the one the network sees)."""
     if all_hidden_states is None:
         return hidden_states, None
-    tokens = hidden_states.flatten(1, 2)
-    return tokens.unflatten(1, hidden_states.shape[1:3]), all_hidden_states + (tokens,)
+    tokens = hidden_states.flatten(1, -2)
+    return tokens.unflatten(1, hidden_states.shape[1:-1]), all_hidden_states + (tokens,)
 
 
 class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
@@ -494,12 +495,12 @@ class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
         # As CLIP: inputs follow the model's dtype (fp32 pixels into a bf16 model).
         pixel_values = pixel_values.to(self.embeddings.projection.weight.dtype)
 
-        hidden_states, all_hidden_states = _record(self.embeddings(pixel_values), () if output_hidden_states else None)
+        hidden_states, all_hidden_states = record_tokens(self.embeddings(pixel_values), () if output_hidden_states else None)
         all_attentions = () if output_attentions else None
         feature_maps = ()
         for stage in self.stages:
             hidden_states, attentions = stage(hidden_states, output_attentions=output_attentions, **kwargs)
-            hidden_states, all_hidden_states = _record(hidden_states, all_hidden_states)
+            hidden_states, all_hidden_states = record_tokens(hidden_states, all_hidden_states)
             feature_maps += (hidden_states.permute(0, 3, 1, 2),)
             if output_attentions:
                 all_attentions += attentions

@@ -258,6 +258,9 @@ class FlorenceVideoProcessor(BaseVideoProcessor):
             isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim == 4
         ) or (isinstance(videos, list) and videos and isinstance(videos[0], Image.Image))
         videos = [videos] if single else list(videos)
+        # Sampling happens here (`clip_indices`); the video-classification pipeline still passes these two.
+        kwargs.pop("do_sample_frames", None)
+        kwargs.pop("num_frames", None)
         size = _as_size(kwargs.get("size") or self.size)
         crop_size = _as_size(kwargs.get("crop_size") or self.crop_size, "crop_size")
         do_resize = kwargs.get("do_resize", self.do_resize)

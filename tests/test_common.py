@@ -86,6 +86,33 @@ def text_inputs(batch: int, length: int = 9) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+def tiny_video_vision_config(**overrides):
+    config = dict(embed_dim=16, depths=[1, 2], num_heads=[1, 2], patch_size=(2, 4, 4), window_size=(2, 3, 3),
+                  drop_path_rate=0.0, num_frames=4)
+    config.update(overrides)
+    return mf.FlorenceVideoVisionConfig(**config)
+
+
+def tiny_video_config():
+    return mf.FlorenceVideoConfig(
+        vision_config=tiny_video_vision_config().to_dict(), text_config=tiny_text_config().to_dict(), projection_dim=24
+    )
+
+
+def video_inputs(batch: int, frames: int = 4, size=(24, 20)) -> dict:
+    generator = torch.Generator().manual_seed(200 + batch)
+    return {"pixel_values": torch.randn(batch, frames, 3, *size, generator=generator)}
+
+
+def tiny_video_classification_config():
+    config = tiny_video_config()
+    config.num_labels, config.id2label = 3, {0: "left", 1: "right", 2: "still"}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    return config
+
+
+VIDEO_STATES = 1 + len(tiny_video_vision_config().depths)
+VIDEO_ATTENTIONS = sum(tiny_video_vision_config().depths)
 VISION_STATES = 1 + len(tiny_vision_config().depths)
 VISION_ATTENTIONS = sum(tiny_vision_config().depths)
 TEXT_STATES = 1 + tiny_text_config().num_hidden_layers
@@ -120,6 +147,29 @@ TESTERS: dict[str, ModelSpec] = {
         num_hidden_states={"vision_model_output": VISION_STATES, "text_model_output": TEXT_STATES},
         num_attentions={"vision_model_output": VISION_ATTENTIONS, "text_model_output": TEXT_ATTENTIONS},
         loss_inputs={"return_loss": True},
+    ),
+    "FlorenceVideoVisionModel": ModelSpec(
+        tiny_video_vision_config,
+        video_inputs,
+        per_sample=("last_hidden_state", "pooler_output", "feature_maps"),
+        num_hidden_states={"": VIDEO_STATES},
+        num_attentions={"": VIDEO_ATTENTIONS},
+    ),
+    "FlorenceVideoModel": ModelSpec(
+        tiny_video_config,
+        lambda batch: {**text_inputs(batch), **video_inputs(batch)},
+        per_sample=("video_embeds", "text_embeds"),
+        num_hidden_states={"vision_model_output": VIDEO_STATES, "text_model_output": TEXT_STATES},
+        num_attentions={"vision_model_output": VIDEO_ATTENTIONS, "text_model_output": TEXT_ATTENTIONS},
+        loss_inputs={"return_loss": True},
+    ),
+    "FlorenceForVideoClassification": ModelSpec(
+        tiny_video_classification_config,
+        video_inputs,
+        per_sample=("logits",),
+        num_hidden_states={"": VIDEO_STATES},
+        num_attentions={"": VIDEO_ATTENTIONS},
+        loss_inputs={"labels": torch.tensor([0, 2])},
     ),
 }
 
