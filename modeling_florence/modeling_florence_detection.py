@@ -67,6 +67,15 @@ class FlorenceObjectDetectionOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def init_scheme(module: nn.Module, scheme: str, bias: float | str = 0.0) -> nn.Module:
+    """Record how `_init_weights` initialises a plain conv/linear layer (Transformers initialises custom-code models
+    module by module, on the modules that own parameters): `"c2_xavier"` (Kaiming-uniform a=1, detectron2's FPN),
+    `"normal"` (normal(0, initializer_range)), `"torch_default"` (PyTorch's own conv init) or `"fan_in"` (normal with
+    std 1/sqrt(fan_in)); `bias` is a value or `"prior"` (the classifier's foreground prior)."""
+    module.init_scheme, module.init_bias = scheme, bias
+    return module
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # FPN
 # ----------------------------------------------------------------------------------------------------------------------
@@ -75,10 +84,12 @@ class FlorenceDetectionFPN(nn.Module):
 
     def __init__(self, in_channels: list[int], channels: int):
         super().__init__()
-        self.lateral_convs = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
-        self.output_convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
-        self.p6 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-        self.p7 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.lateral_convs = nn.ModuleList(init_scheme(nn.Conv2d(c, channels, 1), "c2_xavier") for c in in_channels)
+        self.output_convs = nn.ModuleList(
+            init_scheme(nn.Conv2d(channels, channels, 3, padding=1), "c2_xavier") for _ in in_channels
+        )
+        self.p6 = init_scheme(nn.Conv2d(channels, channels, 3, stride=2, padding=1), "c2_xavier")
+        self.p7 = init_scheme(nn.Conv2d(channels, channels, 3, stride=2, padding=1), "c2_xavier")
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         laterals = [conv(feature) for conv, feature in zip(self.lateral_convs, features)]
@@ -154,7 +165,7 @@ class FlorenceScaleAttention(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, 1, 1)
+        self.conv = init_scheme(nn.Conv2d(channels, 1, 1), "normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return hard_sigmoid(F.relu(self.conv(x.mean(dim=(2, 3), keepdim=True))))
@@ -166,8 +177,8 @@ class FlorenceDyReLU(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4):
         super().__init__()
-        self.fc1 = nn.Linear(channels, channels // reduction)
-        self.fc2 = nn.Linear(channels // reduction, 4 * channels)
+        self.fc1 = init_scheme(nn.Linear(channels, channels // reduction), "normal")
+        self.fc2 = init_scheme(nn.Linear(channels // reduction, 4 * channels), "normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x.mean(dim=(2, 3))
@@ -187,7 +198,8 @@ class FlorenceDyHeadBlock(GradientCheckpointingLayer):
     def __init__(self, config: FlorenceDetectionConfig):
         super().__init__()
         channels, groups = config.fpn_channels, config.dyhead_norm_groups
-        self.spatial_conv_offset = nn.Conv2d(channels, 3 * 9, 3, padding=1)  # 18 offsets (dy, dx) + 9 mask logits
+        # 18 offsets (dy, dx) + 9 mask logits; PyTorch's default init, as the official code (not zero as mmdet's default)
+        self.spatial_conv_offset = init_scheme(nn.Conv2d(channels, 3 * 9, 3, padding=1), "torch_default")
         self.spatial_conv_high = FlorenceDyHeadSpatialConv(channels, groups, stride=1)
         self.spatial_conv_mid = FlorenceDyHeadSpatialConv(channels, groups, stride=1)
         self.spatial_conv_low = FlorenceDyHeadSpatialConv(channels, groups, stride=2)
@@ -232,7 +244,7 @@ class FlorenceClosedSetClassifier(nn.Module):
 
     def __init__(self, config: FlorenceDetectionConfig):
         super().__init__()
-        self.cls_logits = nn.Conv2d(config.fpn_channels, config.num_labels, 1)
+        self.cls_logits = init_scheme(nn.Conv2d(config.fpn_channels, config.num_labels, 1), "normal", bias="prior")
 
     def forward(self, feature: torch.Tensor, class_embeds: torch.Tensor | None = None) -> torch.Tensor:
         return self.cls_logits(feature)
@@ -243,9 +255,9 @@ class FlorenceOpenVocabularyClassifier(nn.Module):
 
     def __init__(self, config: FlorenceDetectionConfig):
         super().__init__()
-        self.region_projection = nn.Conv2d(config.fpn_channels, config.projection_dim, 1)
+        self.region_projection = init_scheme(nn.Conv2d(config.fpn_channels, config.projection_dim, 1), "normal")
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-        self.bias = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros(()))  # starts at the foreground prior (see `_init_weights`)
 
     def forward(self, feature: torch.Tensor, class_embeds: torch.Tensor) -> torch.Tensor:
         regions = F.normalize(self.region_projection(feature), dim=1)
@@ -262,8 +274,8 @@ class FlorenceATSSHead(nn.Module):
         super().__init__()
         classifier = FlorenceOpenVocabularyClassifier if config.is_open_vocabulary else FlorenceClosedSetClassifier
         self.classifier = classifier(config)
-        self.bbox_pred = nn.Conv2d(config.fpn_channels, 4, 1)
-        self.centerness = nn.Conv2d(config.fpn_channels, 1, 1)
+        self.bbox_pred = init_scheme(nn.Conv2d(config.fpn_channels, 4, 1), "normal")
+        self.centerness = init_scheme(nn.Conv2d(config.fpn_channels, 1, 1), "normal")
         self.scales = nn.ModuleList(FlorenceLevelScale() for _ in range(config.num_levels))
 
     def forward(self, features, class_embeds: torch.Tensor | None = None):
@@ -402,53 +414,41 @@ class FlorenceDetectionPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """The detector's own layers (the towers keep their own init): FPN convs Kaiming-uniform(a=1) with zero bias
-        (detectron2's c2_xavier_fill); DyHead and head convs normal(0, 0.01) with zero bias; deformable convs
-        uniform(+-1/sqrt(fan_in)) (their own reset, as the official code); the offset conv PyTorch's default; the
-        classifier bias at the prior probability; level scales 1; norms at identity."""
-        std = self.config.initializer_range
+        """The detector's own layers (the towers keep their own init), each as its `init_scheme` records: FPN convs
+        Kaiming-uniform(a=1) with zero bias (detectron2); DyHead attention and head convs normal(0, 0.01) with zero
+        bias, the classifier's bias at the foreground prior; the offset conv PyTorch's default (as the official code);
+        deformable convs uniform(+-1/sqrt(fan_in)) with zero bias; level scales 1; norms at identity."""
         prior_bias = -math.log((1 - self.config.prior_prob) / self.config.prior_prob)
-        if isinstance(module, FlorenceDetectionFPN):
-            for conv in module.modules():
-                if isinstance(conv, nn.Conv2d):
-                    init.kaiming_uniform_(conv.weight, a=1)
-                    init.zeros_(conv.bias)
-        elif isinstance(module, FlorenceDyHeadBlock):
-            init.kaiming_uniform_(module.spatial_conv_offset.weight, a=math.sqrt(5))
-            bound = 1 / math.sqrt(module.spatial_conv_offset.weight[0].numel())
-            init.uniform_(module.spatial_conv_offset.bias, -bound, bound)
-            init.normal_(module.scale_attention.conv.weight, std=std)
-            init.zeros_(module.scale_attention.conv.bias)
+        scheme = getattr(module, "init_scheme", None)
+        if scheme is not None:
+            fan_in = module.weight[0].numel()
+            if scheme == "c2_xavier":
+                init.kaiming_uniform_(module.weight, a=1)
+            elif scheme == "normal":
+                init.normal_(module.weight, std=self.config.initializer_range)
+            elif scheme == "fan_in":
+                init.normal_(module.weight, std=fan_in**-0.5)
+            else:  # torch_default
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                if scheme == "torch_default":
+                    init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
+                else:
+                    init.constant_(module.bias, prior_bias if module.init_bias == "prior" else module.init_bias)
         elif isinstance(module, FlorenceModulatedDeformConv):
-            bound = 1 / math.sqrt(module.weight[0].numel())
+            bound = module.weight[0].numel() ** -0.5
             init.uniform_(module.weight, -bound, bound)
             init.zeros_(module.bias)
-        elif isinstance(module, FlorenceDyReLU):
-            for linear in (module.fc1, module.fc2):
-                init.normal_(linear.weight, std=std)
-                init.zeros_(linear.bias)
         elif isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, FlorenceATSSHead):
-            for conv in (module.bbox_pred, module.centerness):
-                init.normal_(conv.weight, std=std)
-                init.zeros_(conv.bias)
-        elif isinstance(module, FlorenceClosedSetClassifier):
-            init.normal_(module.cls_logits.weight, std=std)
-            init.constant_(module.cls_logits.bias, prior_bias)
         elif isinstance(module, FlorenceOpenVocabularyClassifier):
-            init.normal_(module.region_projection.weight, std=std)
-            init.zeros_(module.region_projection.bias)
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             init.constant_(module.bias, prior_bias)
         elif isinstance(module, FlorenceLevelScale):
             init.ones_(module.scale)
-        elif isinstance(module, FlorenceForObjectDetection):
-            if module.text_projection is not None:
-                init.normal_(module.text_projection.weight, std=module.text_projection.in_features**-0.5)
-            if module.class_embeddings is not None:
-                init.zeros_(module.class_embeddings)
+        elif isinstance(module, FlorenceForObjectDetection) and module.class_embeddings is not None:
+            init.zeros_(module.class_embeddings)
 
 
 class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
@@ -472,7 +472,9 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
         self.atss_loss = FlorenceATSSLoss(config)
         if config.is_open_vocabulary:
             self.text_model = FlorenceTextModel._from_config(config.text_config)
-            self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+            self.text_projection = init_scheme(
+                nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False), "fan_in"
+            )
             self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
         else:
             self.text_model = self.text_projection = self.class_embeddings = None
