@@ -65,7 +65,7 @@ def test_exported_folder_loads_without_the_package(cls, tmp_path):
     hub = tmp_path / "hub"
 
     config = json.loads((hub / "config.json").read_text())
-    assert config["auto_map"]["AutoConfig"].startswith("configuration_florence.")
+    assert config["auto_map"]["AutoConfig"].split(".")[0].startswith("configuration_florence")  # or its _<task> sibling
     assert any(entry.endswith(f".{cls.__name__}") for entry in config["auto_map"].values())
     python_files = {path.name for path in hub.glob("*.py")}
     assert "__init__.py" not in python_files and "shapes.py" not in python_files and "pretraining_florence.py" not in python_files
