@@ -18,12 +18,19 @@ COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
                      "AR_1", "AR_10", "AR_100", "AR_small", "AR_medium", "AR_large")
 
 
+def object_feature(dataset, key: str):
+    """The feature of `objects.<key>` (a ClassLabel for class columns), whichever way `datasets` nests it."""
+    objects = dataset.features["objects"]
+    column = (objects.feature if hasattr(objects, "feature") else objects)[key]
+    return getattr(column, "feature", column)
+
+
 def dataset_to_coco(dataset, category_names: list[str] | None = None, category_key: str = "category") -> dict:
     """COCO ground truth from the detection columns (`image_id`, `width`, `height`, `objects` with `bbox` [x, y, w, h]
     and a category index); categories get ids 0..K-1 in order. `category_key` picks the objects' column holding the
     class index; `category_names` defaults to that column's ClassLabel names."""
     if category_names is None:
-        category_names = dataset.features["objects"].feature[category_key].names
+        category_names = object_feature(dataset, category_key).names
     images, annotations = [], []
     for row in dataset.select_columns(["image_id", "width", "height", "objects"]):
         images.append({"id": int(row["image_id"]), "width": int(row["width"]), "height": int(row["height"])})
