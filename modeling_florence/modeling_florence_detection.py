@@ -33,7 +33,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from .configuration_florence_detection import FlorenceDetectionConfig
+from .configuration_florence_detection import STAGE_NAMES, FlorenceDetectionConfig
 from .modeling_coswin import FlorenceVisionModel, resolve_output_flags
 from .modeling_florence import FlorenceTextModel, is_tracing
 
@@ -135,8 +135,9 @@ class FlorenceModulatedDeformConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
         self.stride = stride
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
-        self.bias = nn.Parameter(torch.empty(out_channels))
+        bound = (in_channels * 9) ** -0.5  # the official DCN's reset: uniform(+-1/sqrt(fan_in)), zero bias
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -462,7 +463,7 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
         super().__init__(config)
         vision_config = config.vision_config
         self.vision_model = FlorenceVisionModel._from_config(vision_config)
-        stage_channels = dict(zip(vision_config.stage_names[1:], vision_config.stage_dims))
+        stage_channels = dict(zip(STAGE_NAMES, vision_config.stage_dims))
         self.hidden_states_norms = nn.ModuleDict(
             {stage: nn.LayerNorm(stage_channels[stage], eps=vision_config.layer_norm_eps) for stage in config.out_features}
         )
@@ -560,7 +561,7 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
         """Normalised `(B, C, H, W)` maps of `out_features` and the tower's output."""
         outputs = self.vision_model(pixel_values, output_hidden_states=output_hidden_states,
                                     output_attentions=output_attentions, return_dict=True)
-        maps = dict(zip(self.config.vision_config.stage_names[1:], outputs.feature_maps))
+        maps = dict(zip(STAGE_NAMES, outputs.feature_maps))
         features = [
             self.hidden_states_norms[stage](maps[stage].permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
             for stage in self.config.out_features
