@@ -118,6 +118,7 @@ _load_local_backbone_folders()
 # ----------------------------------------------------------------------------------------------------------------------
 from .configuration_florence_detection import FlorenceDetectionConfig  # noqa: E402
 from .image_processing_florence_detection import FlorenceDetectionImageProcessor  # noqa: E402
+from .tokenization_florence_detection import FlorenceDetectionTokenizer  # noqa: E402
 from .modeling_florence_detection import (  # noqa: E402
     FlorenceDetectionPreTrainedModel,
     FlorenceForObjectDetection,
@@ -136,7 +137,8 @@ def _register_detection() -> None:
     AutoImageProcessor.register(
         FlorenceDetectionConfig, image_processor_classes={"torchvision": FlorenceDetectionImageProcessor}, exist_ok=True
     )
-    AutoTokenizer.register(FlorenceDetectionConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
+    # The object-detection pipeline must not get a tokenizer (FlorenceDetectionTokenizer declines it), the zero-shot one does.
+    AutoTokenizer.register(FlorenceDetectionConfig, fast_tokenizer_class=FlorenceDetectionTokenizer, exist_ok=True)
 
 
 _register_detection()
