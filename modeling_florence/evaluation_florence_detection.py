@@ -55,9 +55,11 @@ def detections_to_coco(image_ids, detections) -> list[dict]:
     return results
 
 
-def coco_detection_metrics(ground_truth: dict | str | Path, results: list[dict], verbose: bool = False) -> dict:
+def coco_detection_metrics(ground_truth: dict | str | Path, results: list[dict], verbose: bool = False,
+                           category_ids: list[int] | None = None) -> dict:
     """COCO box metrics of `results` (COCO result dicts) against `ground_truth` (a COCO dict or json path), over
-    the ground truth's images. Values are fractions in [0, 1]; COCO's -1 (no object of that size) is kept."""
+    the ground truth's images, averaged over `category_ids` (default: every category). Values are fractions in
+    [0, 1]; COCO's -1 (no object of that size) is kept."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -77,6 +79,8 @@ def coco_detection_metrics(ground_truth: dict | str | Path, results: list[dict],
         if not results:  # pycocotools cannot load an empty result list: nothing detected scores 0
             return {name: 0.0 for name in COCO_METRIC_NAMES}
         evaluation = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), iouType="bbox")
+        if category_ids is not None:
+            evaluation.params.catIds = sorted(category_ids)
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()

@@ -66,12 +66,13 @@ def predict(model, processor, dataset, batch_size: int = 8, threshold: float | N
 
 
 def evaluate_detection(model, processor, dataset, category_key: str = "category", category_names=None,
-                       batch_size: int = 8, **model_inputs) -> dict:
-    """COCO AP/AP50/AP75/... of `model` on `dataset` (score threshold: the processor's default, 0.05)."""
+                       batch_size: int = 8, category_ids=None, **model_inputs) -> dict:
+    """COCO AP/AP50/AP75/... of `model` on `dataset` (score threshold: the processor's default, 0.05), averaged over
+    `category_ids` (default: all)."""
     detections = predict(model, processor, dataset, batch_size=batch_size, **model_inputs)
     ground_truth = dataset_to_coco(dataset, category_names=category_names, category_key=category_key)
     results = detections_to_coco(dataset["image_id"], [{k: v.cpu() for k, v in d.items()} for d in detections])
-    return coco_detection_metrics(ground_truth, results)
+    return coco_detection_metrics(ground_truth, results, category_ids=category_ids)
 
 
 __all__ = ["DetectionCollator", "add_colour_shape_classes", "evaluate_detection", "predict", "row_annotation"]
