@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench demo demo-video app clean
+.PHONY: install test bench demo demo-video demo-detection app clean
 
 install: $(STAMP)
 
@@ -23,6 +23,7 @@ bench: install
 	$(PY) bench/bench_towers.py
 	$(PY) bench/bench_pretrain.py
 	$(PY) bench/bench_video.py
+	$(PY) bench/bench_detection.py
 
 # The main job: generate Florence Shapes, pretrain florence-tiny with UniCL, evaluate held-out zero-shot accuracy
 # and retrieval, save the model and its processor to outputs/florence-tiny-shapes.
@@ -32,6 +33,14 @@ demo: install
 # The Gradio demo Space on the `make demo` model (FLORENCE_MODEL=folder-or-repo to change), http://127.0.0.1:7860.
 app: install
 	$(PY) examples/space/app.py
+# Detection demo: from the `make demo` model (made first if missing), fine-tune florence-detection-tiny on Shapes
+# detection with Trainer, closed set (8 shapes) and open vocabulary (colour-shape names, 8 classes never seen as boxes),
+# evaluate COCO mAP on held-out images, save each detector with its processor and a predictions.png.
+demo-detection: install
+	test -d outputs/florence-tiny-shapes || $(MAKE) demo
+	$(PY) examples/finetune_detection.py --base outputs/florence-tiny-shapes --output outputs/florence-detection-tiny-shapes
+	$(PY) examples/finetune_detection.py --base outputs/florence-tiny-shapes --open-vocabulary \
+		--output outputs/florence-detection-tiny-shapes-open-vocabulary
 
 clean:
 	rm -rf $(VENV) build *.egg-info

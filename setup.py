@@ -34,6 +34,7 @@ setup(
         "numpy",
         "ftfy",
         "regex",  # open_clip's tokenizer pattern (\p{L}), in tokenization_florence
+        "pycocotools",  # COCO detection mAP (evaluation_florence_detection)
     ],
     extras_require={
         "video": ["av"],

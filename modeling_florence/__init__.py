@@ -130,3 +130,33 @@ def _load_local_backbone_folders() -> None:
 
 _register_auto_classes()
 _load_local_backbone_folders()
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Object detection (issue 11): FlorenceForObjectDetection, its config and image processor
+# ----------------------------------------------------------------------------------------------------------------------
+from .configuration_florence_detection import FlorenceDetectionConfig  # noqa: E402
+from .image_processing_florence_detection import FlorenceDetectionImageProcessor  # noqa: E402
+from .tokenization_florence_detection import FlorenceDetectionTokenizer  # noqa: E402
+from .modeling_florence_detection import (  # noqa: E402
+    FlorenceDetectionPreTrainedModel,
+    FlorenceForObjectDetection,
+    FlorenceObjectDetectionOutput,
+)
+
+
+def _register_detection() -> None:
+    """`florence_detection` folders load through AutoConfig, AutoModel(ForObjectDetection / ForZeroShotObjectDetection),
+    AutoImageProcessor and AutoTokenizer, so both detection pipelines run on a saved detector folder."""
+    from transformers import AutoModelForObjectDetection, AutoModelForZeroShotObjectDetection
+
+    AutoConfig.register(FlorenceDetectionConfig.model_type, FlorenceDetectionConfig, exist_ok=True)
+    for auto_class in (AutoModel, AutoModelForObjectDetection, AutoModelForZeroShotObjectDetection):
+        auto_class.register(FlorenceDetectionConfig, FlorenceForObjectDetection, exist_ok=True)
+    AutoImageProcessor.register(
+        FlorenceDetectionConfig, image_processor_classes={"torchvision": FlorenceDetectionImageProcessor}, exist_ok=True
+    )
+    # The object-detection pipeline must not get a tokenizer (FlorenceDetectionTokenizer declines it), the zero-shot one does.
+    AutoTokenizer.register(FlorenceDetectionConfig, fast_tokenizer_class=FlorenceDetectionTokenizer, exist_ok=True)
+
+
+_register_detection()

@@ -174,6 +174,33 @@ TESTERS: dict[str, ModelSpec] = {
 }
 
 
+def tiny_detection_config(**overrides):
+    """A 4-stage tiny CoSwin (stages 2-4 feed the FPN), 16-channel FPN, 2 DyHead blocks, 3 classes."""
+    config = dict(
+        vision_config=tiny_vision_config(depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4]).to_dict(),
+        fpn_channels=16, num_dyhead_blocks=2, dyhead_norm_groups=4, num_labels=3,
+    )
+    config.update(overrides)
+    return mf.FlorenceDetectionConfig(**config)
+
+
+def detection_labels(batch: int) -> list[dict]:
+    """DETR-format targets (normalised cx, cy, w, h); the last image has no object (pure background)."""
+    labels = [{"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.7, 0.2, 0.2]])}
+              for _ in range(batch - 1)]
+    return labels + [{"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}]
+
+
+TESTERS["FlorenceForObjectDetection"] = ModelSpec(
+    tiny_detection_config,
+    pixel_inputs,
+    per_sample=("logits", "pred_boxes", "centerness"),
+    num_hidden_states={"": 5},
+    num_attentions={"": 4},
+    loss_inputs={"labels": detection_labels(2)},
+)
+
+
 def exported_model_classes() -> list[type]:
     return sorted(
         (
