@@ -79,6 +79,7 @@ class FlorenceForImageClassification(FlorenceVisionPreTrainedModel):
         r"""
         labels: `(B,)` class ids (single-label), `(B, num_labels)` floats (multi-label) or `(B,)` floats
             (regression, `num_labels=1`); the loss follows `config.problem_type`.
+        kwargs: loss arguments, e.g. `num_items_in_batch` (passed by `Trainer`).
         """
         output_hidden_states, output_attentions, return_dict = resolve_output_flags(
             self.config, output_hidden_states, output_attentions, return_dict
@@ -90,7 +91,8 @@ class FlorenceForImageClassification(FlorenceVisionPreTrainedModel):
             return_dict=True,
         )
         logits = self.classifier(outputs.pooler_output)
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        # Extra keyword arguments are loss arguments (Trainer's `num_items_in_batch` under gradient accumulation).
+        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
