@@ -121,6 +121,14 @@ TESTERS: dict[str, ModelSpec] = {
         num_attentions={"vision_model_output": VISION_ATTENTIONS, "text_model_output": TEXT_ATTENTIONS},
         loss_inputs={"return_loss": True},
     ),
+    "FlorenceForImageClassification": ModelSpec(
+        lambda: tiny_vision_config(num_labels=5),
+        pixel_inputs,
+        per_sample=("logits",),
+        num_hidden_states={"": VISION_STATES},
+        num_attentions={"": VISION_ATTENTIONS},
+        loss_inputs={"labels": torch.tensor([1, 3])},
+    ),
 }
 
 
