@@ -64,6 +64,17 @@ class FlorenceForImageClassification(FlorenceVisionPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """Also from a two-tower folder through `AutoModelForImageClassification`, which hands over the folder's
+        `FlorenceConfig`: the classifier takes its `vision_config` and the label fields asked for (`num_labels`,
+        `id2label`, `problem_type`). The head is then new; `from_florence` initialises it from the text tower instead."""
+        if config is not None and hasattr(config, "vision_config"):
+            # The label fields Auto loading set on the composite config (`num_labels=` becomes its `id2label`).
+            labels = {"id2label": config.id2label, "label2id": config.label2id, "problem_type": config.problem_type}
+            config = FlorenceVisionConfig.from_dict({**config.vision_config.to_dict(), **labels})
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
     def get_input_embeddings(self) -> nn.Module:
         return self.vision_model.get_input_embeddings()
 
