@@ -42,7 +42,7 @@ def main(argv=None):
         args.model, args.output, data=args.data, num_train=args.num_train, num_test=args.num_test,
         pairs_file=args.pairs_file, lora=args.lora, evaluate=not args.no_eval, num_train_epochs=args.epochs,
         max_steps=args.max_steps, per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
-        seed=args.seed, ddp_backend="gloo" if not torch.cuda.is_available() else None,
+        seed=args.seed,
     )
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(results, indent=2))

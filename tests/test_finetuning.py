@@ -181,10 +181,14 @@ def test_retrieval_two_processes_equal_one_on_the_same_global_batch(florence_fol
     single = subprocess.run([sys.executable, *script, "--batch_size", "8", "--output", str(tmp_path / "one")],
                             cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "configuration" / "accelerate-cpu-2proc.yaml"), "--main_process_port", "29523"]
+    # Accelerate runs several CPU processes through its multi-process launcher with ACCELERATE_USE_CPU (a config with
+    # `use_cpu: true` would start a single process outside mpirun).
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                "29523"]
     double = subprocess.run([*launcher, *script, "--batch_size", "4", "--output", str(tmp_path / "two")],
-                            cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+                            cwd=REPO, env={**environment, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
+                            text=True, timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "finetune_results.json").read_text())["losses"]
     two = json.loads((tmp_path / "two" / "finetune_results.json").read_text())["losses"]
