@@ -221,7 +221,10 @@ def run_classification(
     train_set, test_set = classification_data(data, image_size, shift, num_train, num_test, image_folder, test_folder)
     names = label_names(train_set)
     if head == "zero-shot":
-        model = FlorenceForImageClassification.from_florence(model_path, names, templates=templates)
+        # Calibrated on (at most 512) training images: zero-shot-sized logits, the same predictions.
+        calibration = list(train_set.select(range(min(512, len(train_set))))["image"])
+        model = FlorenceForImageClassification.from_florence(model_path, names, templates=templates,
+                                                             calibration_images=calibration)
     elif head in ("random", "keep"):
         id2label = dict(enumerate(names))
         overrides = {} if head == "keep" else {"num_labels": len(names), "id2label": id2label,

@@ -116,6 +116,7 @@ class FlorenceForImageClassification(FlorenceVisionPreTrainedModel):
         class_names: list[str],
         templates: list[str] | str | None = None,
         processor=None,
+        calibration_images=None,
         **config_overrides,
     ) -> "FlorenceForImageClassification":
         """A classifier whose head is the zero-shot classifier of a two-tower Florence model.
@@ -127,6 +128,10 @@ class FlorenceForImageClassification(FlorenceVisionPreTrainedModel):
                 shipped set), ensembled as in `zero_shot_classification`.
             processor: the model's `FlorenceProcessor`; default: the folder's own, else the shipped tokenizer (only
                 its tokenizer is used here).
+            calibration_images: optional images (e.g. the training set) over which the head is divided by the mean
+                norm of the projected image feature, so the logits have the zero-shot logits' size on average (the
+                plain `s * T @ P` multiplies them by `|P x|`, often large enough to saturate the softmax and stall
+                fine-tuning). A positive scale: predictions are unchanged.
             config_overrides: other fields of the classification config (e.g. `drop_path_rate`, `problem_type`).
 
         At step 0 the predictions equal `zero_shot_classification`'s on the same images (the logits are the
@@ -172,9 +177,22 @@ class FlorenceForImageClassification(FlorenceVisionPreTrainedModel):
         with torch.no_grad():
             projection = florence.visual_projection.weight.float()  # (D, hidden)
             weight = florence.temperature().float() * text_classifier.to(projection.device) @ projection
+            if calibration_images is not None:
+                weight = weight / _mean_feature_norm(florence, processor, calibration_images)
             model.classifier.weight.copy_(weight.to(model.classifier.weight.dtype))
             model.classifier.bias.zero_()
         return model.to(next(florence.parameters()).device)
+
+
+@torch.no_grad()
+def _mean_feature_norm(florence, processor, images, batch_size: int = 256) -> float:
+    """Mean norm of the projected (unnormalised) image features of `images`."""
+    device, dtype = next(florence.parameters()).device, next(florence.parameters()).dtype
+    norms = []
+    for start in range(0, len(images), batch_size):
+        pixel_values = processor(images=list(images[start : start + batch_size]))["pixel_values"]
+        norms.append(florence.get_image_features(pixel_values.to(device, dtype)).pooler_output.float().norm(dim=-1))
+    return torch.cat(norms).mean().item()
 
 
 __all__ = ["FlorenceForImageClassification", "check_class_names"]

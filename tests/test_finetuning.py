@@ -59,6 +59,12 @@ def test_step_zero_predictions_equal_zero_shot_classification(florence_folder, s
     assert torch.equal(logits.argmax(-1), cosine.argmax(-1))
     # logits = temperature * cosine * |P x|: the zero-shot logits scaled per image (the projection is folded in)
     torch.testing.assert_close(logits, florence.temperature() * cosine * norms[:, None], atol=1e-4, rtol=1e-4)
+    calibrated = mf.FlorenceForImageClassification.from_florence(florence, names, templates=TEMPLATES,
+                                                                 processor=processor, calibration_images=images)
+    with torch.no_grad():
+        calibrated_logits = calibrated.eval()(pixel_values=processor(images=images)["pixel_values"]).logits
+    torch.testing.assert_close(calibrated_logits, logits / norms.mean(), atol=1e-4, rtol=1e-4)
+    assert torch.equal(calibrated_logits.argmax(-1), cosine.argmax(-1))
     accuracy = 100.0 * (logits.argmax(-1) == torch.tensor(labels)).float().mean().item()
     expected = zero_shot_classification(florence, processor, images, labels, names, TEMPLATES)["top1"]
     assert accuracy == pytest.approx(expected)
