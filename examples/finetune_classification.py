@@ -33,9 +33,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_train", type=int, default=1500)
     parser.add_argument("--num_test", type=int, default=600)
     parser.add_argument("--templates", default=None, help="JSON list of prompt templates (default: shipped set)")
-    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--epochs", type=float, default=15)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=None, help="default 2e-4 (full), 1e-3 (probe)")
+    parser.add_argument("--learning_rate", type=float, default=None, help="default 1e-3 (full), 3e-3 (probe)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = parser().parse_args(argv)
     mode = "linear_probe" if args.linear_probe else "full"
-    learning_rate = args.learning_rate or (1e-3 if args.linear_probe else 2e-4)
+    learning_rate = args.learning_rate or (3e-3 if args.linear_probe else 1e-3)
     results = run_classification(
         args.model, args.output, mode=mode, head=args.head, data=args.data, shift=args.shift,
         num_train=args.num_train, num_test=args.num_test, image_folder=args.image_folder,
