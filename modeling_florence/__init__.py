@@ -160,3 +160,18 @@ def _register_detection() -> None:
 
 
 _register_detection()
+
+# Fine-tuning (issue 14): the image-classification model and LoRA defaults.
+from transformers import AutoModelForImageClassification  # noqa: E402
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES  # noqa: E402
+
+from .modeling_florence_classification import FlorenceForImageClassification, check_class_names  # noqa: E402
+from .peft_florence import default_lora_config  # noqa: E402
+
+AutoModelForImageClassification.register(FlorenceVisionConfig, FlorenceForImageClassification, exist_ok=True)
+# A two-tower folder gives a classifier too (its image tower, a new head: see `FlorenceForImageClassification`).
+AutoModelForImageClassification._model_mapping.register(FlorenceConfig, FlorenceForImageClassification, exist_ok=True)
+# Listed where Transformers lists its own image classifiers, so the image-classification pipeline accepts it.
+MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.setdefault(
+    FlorenceVisionConfig.model_type, FlorenceForImageClassification.__name__
+)

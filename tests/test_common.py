@@ -171,6 +171,14 @@ TESTERS: dict[str, ModelSpec] = {
         num_attentions={"": VIDEO_ATTENTIONS},
         loss_inputs={"labels": torch.tensor([0, 2])},
     ),
+    "FlorenceForImageClassification": ModelSpec(
+        lambda: tiny_vision_config(num_labels=5),
+        pixel_inputs,
+        per_sample=("logits",),
+        num_hidden_states={"": VISION_STATES},
+        num_attentions={"": VISION_ATTENTIONS},
+        loss_inputs={"labels": torch.tensor([1, 3])},
+    ),
 }
 
 

@@ -1,0 +1,206 @@
+"""Fine-tuning: the zero-shot-initialised classifier, the Trainer scripts, 2 processes = 1 under the UniCL loss, and
+the errors for bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification, pipeline
+
+import modeling_florence as mf
+from modeling_florence.evaluation_florence import encode_images, zero_shot_classification, zero_shot_classifier
+from modeling_florence.finetuning_florence import (
+    ClassificationCollator,
+    ImageTextCollator,
+    build_shifted_classification,
+    classification_data,
+    compute_accuracy,
+    image_transform,
+    require_columns,
+    retrieval_pairs,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = ["a {}", "a photo of a {}"]
+
+
+@pytest.fixture(scope="module")
+def florence_folder(tmp_path_factory):
+    """A random florence-tiny at 32 px saved with its processor, as `make demo` saves the pretrained one."""
+    folder = tmp_path_factory.mktemp("florence")
+    torch.manual_seed(0)
+    mf.FlorenceModel(mf.load_preset("florence-tiny", vision_config={"image_size": 32})).save_pretrained(folder)
+    mf.FlorenceProcessor.from_defaults(image_size=32).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shifted():
+    return build_shifted_classification(num_train=60, num_test=60, image_size=32)
+
+
+def test_step_zero_predictions_equal_zero_shot_classification(florence_folder, shifted):
+    florence = mf.FlorenceModel.from_pretrained(florence_folder).eval()
+    processor = mf.FlorenceProcessor.from_pretrained(florence_folder)
+    names = shifted["test"].features["label"].names
+    images, labels = list(shifted["test"]["image"]), list(shifted["test"]["label"])
+    classifier = mf.FlorenceForImageClassification.from_florence(florence_folder, names, templates=TEMPLATES).eval()
+    assert classifier.config.id2label[7] == names[7] and classifier.config.num_labels == 30
+    with torch.no_grad():
+        logits = classifier(pixel_values=processor(images=images)["pixel_values"]).logits
+        cosine = encode_images(florence, processor, images) @ zero_shot_classifier(florence, processor, names,
+                                                                                   TEMPLATES).t()
+        norms = florence.get_image_features(processor(images=images)["pixel_values"]).pooler_output.norm(dim=-1)
+    assert torch.equal(logits.argmax(-1), cosine.argmax(-1))
+    # logits = temperature * cosine * |P x|: the zero-shot logits scaled per image (the projection is folded in)
+    torch.testing.assert_close(logits, florence.temperature() * cosine * norms[:, None], atol=1e-4, rtol=1e-4)
+    calibrated = mf.FlorenceForImageClassification.from_florence(florence, names, templates=TEMPLATES,
+                                                                 processor=processor, calibration_images=images)
+    with torch.no_grad():
+        calibrated_logits = calibrated.eval()(pixel_values=processor(images=images)["pixel_values"]).logits
+    torch.testing.assert_close(calibrated_logits, logits / norms.mean(), atol=1e-4, rtol=1e-4)
+    assert torch.equal(calibrated_logits.argmax(-1), cosine.argmax(-1))
+    accuracy = 100.0 * (logits.argmax(-1) == torch.tensor(labels)).float().mean().item()
+    expected = zero_shot_classification(florence, processor, images, labels, names, TEMPLATES)["top1"]
+    assert accuracy == pytest.approx(expected)
+
+
+def test_saved_classifier_loads_with_auto_class_and_pipeline(florence_folder, shifted, tmp_path):
+    names = shifted["test"].features["label"].names
+    florence = mf.FlorenceModel.from_pretrained(florence_folder)
+    processor = mf.FlorenceProcessor.from_pretrained(florence_folder)
+    model = mf.FlorenceForImageClassification.from_florence(florence, names, templates=TEMPLATES, processor=processor)
+    model.save_pretrained(tmp_path)
+    processor.image_processor.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is mf.FlorenceForImageClassification
+    image = shifted["test"][3]["image"]
+    with torch.no_grad():
+        logits = reloaded(pixel_values=processor(images=[image])["pixel_values"]).logits[0]
+    predictions = pipeline("image-classification", model=str(tmp_path), top_k=3)(image)
+    assert [p["label"] for p in predictions] == [names[i] for i in logits.topk(3).indices.tolist()]
+    assert predictions[0]["score"] == pytest.approx(logits.softmax(-1).max().item(), abs=1e-5)
+    # the image tower of a two-tower folder loads into the classifier (with a fresh head of the asked size)
+    from_two_tower = AutoModelForImageClassification.from_pretrained(florence_folder, num_labels=4)
+    assert from_two_tower.classifier.out_features == 4
+    for key, value in florence.vision_model.state_dict().items():
+        assert torch.equal(from_two_tower.vision_model.state_dict()[key], value), key
+
+
+def test_loss_follows_problem_type():
+    torch.manual_seed(0)
+    config = mf.FlorenceVisionConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=3)
+    model = mf.FlorenceForImageClassification(config).eval()
+    pixel_values = torch.randn(4, 3, 32, 32)
+    single = torch.tensor([0, 2, 1, 2])
+    output = model(pixel_values=pixel_values, labels=single)
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(output.logits, single))
+    assert model.config.problem_type == "single_label_classification"
+    model.config.problem_type = "multi_label_classification"
+    multi = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]])
+    output = model(pixel_values=pixel_values, labels=multi)
+    torch.testing.assert_close(output.loss, torch.nn.functional.binary_cross_entropy_with_logits(output.logits, multi))
+    regression = mf.FlorenceForImageClassification(mf.FlorenceVisionConfig.from_dict({**config.to_dict(),
+                                                                                      "problem_type": None,
+                                                                                      "id2label": {0: "score"},
+                                                                                      "label2id": {"score": 0}}))
+    targets = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    output = regression(pixel_values=pixel_values, labels=targets)
+    assert regression.config.problem_type == "regression"
+    torch.testing.assert_close(output.loss, torch.nn.functional.mse_loss(output.logits.squeeze(), targets))
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [([], "class_names is empty"), (["red circle", "Red circle "], r"duplicates.*'Red circle '"),
+     (["red circle", ""], "non-empty strings"), ("red circle", "must be a list")],
+)
+def test_class_name_errors(florence_folder, names, message):
+    with pytest.raises(ValueError, match=message):
+        mf.FlorenceForImageClassification.from_florence(florence_folder, names, templates=TEMPLATES)
+
+
+def test_data_errors_name_the_missing_columns(tmp_path):
+    table = build_shifted_classification(num_train=2, num_test=0, image_size=32)["train"].rename_column("label", "y")
+    with pytest.raises(ValueError, match=r"classification data set has no column\(s\) \['label'\].*'image', 'y'"):
+        require_columns(table, ("image", "label"), "classification")
+    with pytest.raises(ValueError, match="needs --image_folder"):
+        classification_data("imagefolder", 32)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": "a.png", "caption": "a red circle"}) + "\n")
+    with pytest.raises(ValueError, match="text"):
+        retrieval_pairs("jsonl", 32, pairs_file=str(pairs))
+
+
+def test_transforms_collators_and_metric(florence_folder, shifted):
+    processor = mf.FlorenceProcessor.from_pretrained(florence_folder)
+    dataset = shifted["train"].with_transform(image_transform(processor.image_processor))
+    batch = ClassificationCollator()([dataset[0], dataset[1], dataset[2]])
+    assert batch["pixel_values"].shape == (3, 3, 32, 32) and batch["labels"].tolist() == [0, 1, 2]
+    pairs = mf.build_pairs(num_train=6, num_validation=0, num_test=0, image_size=32)["train"]
+    rows = [pairs[i] for i in range(6)]
+    batch = ImageTextCollator(processor)(rows)
+    assert batch["pixel_values"].shape == (6, 3, 32, 32) and batch["input_ids"].shape[0] == 6
+    assert batch["labels"].tolist() == mf.text_labels([row["text"] for row in rows]).tolist()
+    from transformers import EvalPrediction
+
+    logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5]]).numpy()
+    assert compute_accuracy(EvalPrediction(logits, torch.tensor([0, 1]).numpy())) == {"top1": 50.0, "top5": 100.0}
+
+
+def test_classification_and_lora_scripts_run_and_save_loadable_models(florence_folder, tmp_path):
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import finetune_classification
+        import finetune_lora
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    tiny = ["--num_train", "60", "--num_test", "30", "--epochs", "1", "--batch_size", "20"]
+    finetune_classification.main(["--model", str(florence_folder), "--output", str(tmp_path / "full"), *tiny])
+    results = json.loads((tmp_path / "full" / "finetune_results.json").read_text())
+    assert results["trainable_fraction"] == 1.0 and 0 <= results["top1"] <= 100
+    assert pipeline("image-classification", model=str(tmp_path / "full"))(
+        build_shifted_classification(num_train=1, num_test=0, image_size=32)["train"][0]["image"])
+    finetune_classification.main(["--model", str(florence_folder), "--output", str(tmp_path / "probe"),
+                                  "--linear_probe", *tiny])
+    probe = json.loads((tmp_path / "probe" / "finetune_results.json").read_text())
+    assert probe["trainable_parameters"] == 30 * (256 + 1)  # the classifier of florence-tiny's 256-wide tower
+    finetune_lora.main(["--model", str(florence_folder), "--output", str(tmp_path / "lora"), *tiny])
+    lora = json.loads((tmp_path / "lora" / "finetune_results.json").read_text())
+    assert lora["trainable_fraction"] < 0.05 and lora["adapter_bytes"] < 0.2 * (
+        tmp_path / "full" / "model.safetensors").stat().st_size
+    assert not (tmp_path / "lora" / "model.safetensors").exists()
+    base = mf.FlorenceForImageClassification.from_pretrained(tmp_path / "full")
+    base.load_adapter(str(tmp_path / "lora"))  # Transformers' route reads the PEFT adapter too
+
+
+def test_retrieval_two_processes_equal_one_on_the_same_global_batch(florence_folder, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo) of 4 pairs = 1 process of 8: same losses, same weights."""
+    script = [str(REPO / "examples" / "finetune_retrieval.py"), "--model", str(florence_folder), "--num_train", "32",
+              "--max_steps", "3", "--no_eval", "--learning_rate", "1e-5"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    single = subprocess.run([sys.executable, *script, "--batch_size", "8", "--output", str(tmp_path / "one")],
+                            cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    # Accelerate runs several CPU processes through its multi-process launcher with ACCELERATE_USE_CPU (a config with
+    # `use_cpu: true` would start a single process outside mpirun).
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                "29523"]
+    double = subprocess.run([*launcher, *script, "--batch_size", "4", "--output", str(tmp_path / "two")],
+                            cwd=REPO, env={**environment, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
+                            text=True, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "finetune_results.json").read_text())["losses"]
+    two = json.loads((tmp_path / "two" / "finetune_results.json").read_text())["losses"]
+    assert sorted(one) == sorted(two) == ["1", "2", "3"], (one, two)
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5)
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
