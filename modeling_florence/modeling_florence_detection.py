@@ -178,12 +178,12 @@ class FlorenceDyReLU(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4):
         super().__init__()
-        self.fc1 = init_scheme(nn.Linear(channels, channels // reduction), "normal")
-        self.fc2 = init_scheme(nn.Linear(channels // reduction, 4 * channels), "normal")
+        self.reduce = init_scheme(nn.Linear(channels, channels // reduction), "normal")
+        self.expand = init_scheme(nn.Linear(channels // reduction, 4 * channels), "normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x.mean(dim=(2, 3))
-        coefficients = hard_sigmoid(self.fc2(F.relu(self.fc1(pooled))))[:, :, None, None]
+        coefficients = hard_sigmoid(self.expand(F.relu(self.reduce(pooled))))[:, :, None, None]
         a1, b1, a2, b2 = coefficients.chunk(4, dim=1)
         a1 = (a1 - 0.5) * 2.0 + 1.0
         a2 = (a2 - 0.5) * 2.0

@@ -11,6 +11,10 @@ LoRA config adapts all of those the model has, and trains the model's task head 
 | `FlorenceTextModel` | q_proj, k_proj, v_proj, out_proj, fc1, fc2 | - |
 | `FlorenceModel` | all eight | visual_projection, text_projection |
 | `FlorenceForImageClassification` | qkv, proj, fc1, fc2 | classifier |
+| `FlorenceVideoVisionModel` | qkv, proj, fc1, fc2 | - |
+| `FlorenceVideoModel` | all eight | visual_projection, text_projection |
+| `FlorenceForVideoClassification` | qkv, proj, fc1, fc2 | classifier |
+| `FlorenceForObjectDetection` | the towers' layers (all eight when open-vocabulary) | hidden_states_norms, fpn, dyhead, head |
 
 A model class declares its head in a `lora_modules_to_save` class attribute (adapters do; the table below covers the
 classes that predate it). The config works with both PEFT routes: `peft.get_peft_model(model, config)` and
@@ -29,7 +33,13 @@ from torch import nn
 # The layer names LoRA adapts by default, in the order the design lists them.
 DEFAULT_TARGET_NAMES = ("qkv", "proj", "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 # Heads trained in full with the adapter, for model classes that do not declare `lora_modules_to_save` themselves.
-DEFAULT_MODULES_TO_SAVE = {"FlorenceModel": ("visual_projection", "text_projection")}
+DEFAULT_MODULES_TO_SAVE = {
+    "FlorenceModel": ("visual_projection", "text_projection"),
+    "FlorenceVideoModel": ("visual_projection", "text_projection"),
+    "FlorenceForVideoClassification": ("classifier",),
+    # The detector's neck and head are new on a pretrained backbone: trained in full, the towers through LoRA.
+    "FlorenceForObjectDetection": ("hidden_states_norms", "fpn", "dyhead", "head"),
+}
 # Layer types PEFT's LoRA can wrap.
 LORA_LAYER_TYPES = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
@@ -99,7 +109,22 @@ def default_modules_to_save(model: nn.Module) -> list[str]:
     declared = getattr(type(base), "lora_modules_to_save", None)
     if declared is None:
         declared = DEFAULT_MODULES_TO_SAVE.get(type(base).__name__, ())
-    return list(declared)
+    return _wrappable(dict(base.named_modules()), list(declared))
+
+
+def _wrappable(modules: dict[str, nn.Module], names: list[str]) -> list[str]:
+    """PEFT wraps every module whose name ends with a `modules_to_save` entry and cannot wrap containers: a
+    ModuleList / ModuleDict, or a name that another module's name also ends with (`head` / `dyhead`), is replaced by
+    its children's full names."""
+    result = []
+    for name in names:
+        module = modules.get(name)
+        ambiguous = any(other != name and other.endswith(name) for other in modules)
+        if module is not None and (isinstance(module, (nn.ModuleList, nn.ModuleDict)) or ambiguous):
+            result += _wrappable(modules, [f"{name}.{child}" for child, _ in module.named_children()])
+        else:
+            result.append(name)
+    return result
 
 
 def default_lora_config(

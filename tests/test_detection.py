@@ -166,8 +166,8 @@ def reference_dyhead_block(block, features, fit):
             branches.append(F.interpolate(high, size=x.shape[-2:], mode="bilinear", align_corners=True))
         fused = sum(b * scale_weight(b) for b in branches) / len(branches)
         theta = block.task_attention
-        hidden = F.relu(F.linear(fused.mean(dim=(2, 3)), theta.fc1.weight, theta.fc1.bias))
-        a1, b1, a2, b2 = torch.clamp((F.linear(hidden, theta.fc2.weight, theta.fc2.bias) + 3) / 6, 0, 1).chunk(4, 1)
+        hidden = F.relu(F.linear(fused.mean(dim=(2, 3)), theta.reduce.weight, theta.reduce.bias))
+        a1, b1, a2, b2 = torch.clamp((F.linear(hidden, theta.expand.weight, theta.expand.bias) + 3) / 6, 0, 1).chunk(4, 1)
         pieces = [(a1 - 0.5) * 2 + 1, b1 - 0.5, (a2 - 0.5) * 2, b2 - 0.5]
         a1, b1, a2, b2 = (p[:, :, None, None] for p in pieces)
         outputs.append(torch.maximum(fused * a1 + b1, fused * a2 + b2))
