@@ -72,35 +72,38 @@ def test_saved_model_loads_with_auto_classes_and_pipeline(tmp_path):
     assert len(scores) == 2
 
 
-def test_batches_label_classes_not_prompts_and_cached_images_match(tmp_path):
-    from modeling_florence.pretraining_florence import BatchMaker, Stage
+def test_batches_label_classes_not_prompts_and_workers_and_cache_change_nothing(tmp_path):
+    from modeling_florence.pretraining_florence import PretrainingData, Stage
     from modeling_florence.processing_florence import FlorenceProcessor, text_label
     from modeling_florence.shapes import build_pairs
 
-    pairs = build_pairs(num_train=32, num_validation=0, num_test=0)["train"]
-    pairs = pairs.map(lambda row, index: {"text": "red circle" if index < 16 else row["text"],
-                                          "is_label": index < 16 or row["is_label"]}, with_indices=True)
-    recipe = Recipe.from_file(tiny_recipe(tmp_path, batch_size=32))
+    pairs = build_pairs(num_train=64, num_validation=0, num_test=0)["train"]
+    pairs = pairs.map(lambda row, index: {"text": "red circle" if index < 32 else row["text"],
+                                          "is_label": index < 32 or row["is_label"]}, with_indices=True)
     processor = FlorenceProcessor.from_defaults(image_size=64)
     templates = ["a photo of a {}.", "a drawing of a {}."]
-    batches = BatchMaker(pairs, processor, recipe, templates, rank=0, world_size=1)
-    batch = batches(0, Stage("stage1", 1, prompt_templates=True))
-    order = batches.indices(0)
-    red = [position for position, index in enumerate(order) if index < 16]
+    recipe = Recipe.from_file(tiny_recipe(tmp_path, batch_size=32, num_workers=0))
+    data = PretrainingData(pairs, processor, recipe, templates)
+    loader = data.loader(Stage("stage1", 1, prompt_templates=True), 0, 1)
+    keys, batch = next(iter(loader.batch_sampler)), next(iter(loader))
+    red = [position for position, (row, _, _) in enumerate(keys) if row < 32]
     prompts = {processor.decode(batch["input_ids"][p], skip_special_tokens=True) for p in red}
     assert len(prompts) == 2  # both templates were drawn for the same class ...
     assert set(batch["labels"][red].tolist()) == {text_label("red circle")}  # ... and the class is one positive set
-    reference = processor(text=["a photo of a red circle.", "a small blue star at the top left", "cross"])
-    tokenized = batches.tokenize(["a photo of a red circle.", "a small blue star at the top left", "cross"])
+    texts = ["a photo of a red circle.", "a small blue star at the top left", "cross"]
+    reference, tokenized = processor(text=texts), data.collate.tokenize(texts)
     for key in ("input_ids", "attention_mask"):
         torch.testing.assert_close(tokenized[key], reference[key], rtol=0, atol=0)
-    cached = BatchMaker(pairs, processor, recipe, templates, rank=0, world_size=1, cache_images=True)
-    for micro_step, size in ((0, None), (1, 48)):
+    # Worker processes and the image cache change where batches are built, never what they hold.
+    cached_recipe = Recipe.from_file(tiny_recipe(tmp_path, batch_size=32, num_workers=2, cache_images=True))
+    cached = PretrainingData(pairs, processor, cached_recipe, templates)
+    for size in (None, 48):
         stage = Stage("s", 1, image_size=size)
-        expected, got = batches(micro_step, stage), cached(micro_step, stage)
-        assert got["pixel_values"].shape[-1] == (size or 64)
-        for key in expected:
-            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+        expected, got = list(data.loader(stage, 1, 4)), list(cached.loader(stage, 1, 4))
+        assert len(got) == 3 and got[0]["pixel_values"].shape[-1] == (size or 64)
+        for want, have in zip(expected, got):
+            for key in want:
+                torch.testing.assert_close(have[key], want[key], rtol=0, atol=0)
 
 
 def write_shapes_shards(folder: Path, pairs, shards: int = 2) -> None:
@@ -137,7 +140,7 @@ def test_streamed_webdataset_run_resumes_exactly(tmp_path):
 
 
 def test_image_folder_trains_on_class_names(tmp_path):
-    from modeling_florence.pretraining_florence import BatchMaker, Stage, load_training_data
+    from modeling_florence.pretraining_florence import PretrainingData, Stage, load_training_data
     from modeling_florence.processing_florence import FlorenceProcessor, text_label
     from modeling_florence.shapes import build_classification
 
@@ -150,19 +153,10 @@ def test_image_folder_trains_on_class_names(tmp_path):
     pairs, _, _ = load_training_data({"source": "imagefolder", "root": str(tmp_path / "images")}, 64)
     assert sorted(set(pairs["text"])) == sorted(names[:16]) and all(pairs["is_label"])
     recipe = Recipe.from_file(tiny_recipe(tmp_path, batch_size=16))
-    batch = BatchMaker(pairs, FlorenceProcessor.from_defaults(image_size=64), recipe, ["a photo of a {}."], 0, 1)(
-        0, Stage("stage1", 1))
+    data = PretrainingData(pairs, FlorenceProcessor.from_defaults(image_size=64), recipe, ["a photo of a {}."])
+    batch = next(iter(data.loader(Stage("stage1", 1), 0, 1)))
     assert batch["pixel_values"].shape == (16, 3, 64, 64)
     assert set(batch["labels"].tolist()) == {text_label(name) for name in names[:16]}
-
-
-def test_recipe_errors_name_the_problem(tmp_path):
-    with pytest.raises(ValueError, match=r"Unknown recipe keys \['learning_rat'\]"):
-        Recipe.from_file(tiny_recipe(tmp_path, learning_rat=0.1))
-    path = tmp_path / "stage.json"
-    path.write_text(json.dumps({"stages": [{"name": "s", "steps": 1, "epochs": 2}]}))
-    with pytest.raises(ValueError, match="Unknown stage keys"):
-        Recipe.from_file(path)
 
 
 def test_demo_recipe_evaluates_what_the_readme_claims():
