@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -57,13 +58,16 @@ def test_killed_run_resumes_like_an_uninterrupted_one(tmp_path):
 
 
 def test_saved_model_loads_with_auto_classes_and_pipeline(tmp_path):
-    recipe = Recipe.from_file(tiny_recipe(tmp_path, steps=(2, 1)))
+    # bf16 mixed precision (native on CPUs with bf16 units, fp32 elsewhere); the saved weights are fp32 either way.
+    recipe = Recipe.from_file(tiny_recipe(tmp_path, steps=(2, 1), mixed_precision="bf16"))
     results = train(recipe, tmp_path / "run", log_with=None)
     assert {"zero_shot_top1", "zero_shot_top5", "i2t_R@5", "t2i_R@10"} <= set(results)
     output = tmp_path / "run"
     assert (output / "training_curves.png").stat().st_size > 1000
     assert json.loads((output / "eval_results.json").read_text()) == results
+    assert losses(output) and all(math.isfinite(loss) for loss in losses(output).values())
     assert isinstance(AutoModel.from_pretrained(output), FlorenceModel)
+    assert load_file(output / "model.safetensors")["logit_scale"].dtype == torch.float32
     from modeling_florence.shapes import build_classification
 
     image = build_classification(num_train=1, num_validation=0, num_test=0)["train"][0]["image"]
@@ -212,3 +216,17 @@ def test_metrics_on_constructed_cases():
     assert "i2t_R@1" in format_table(recall)
     with pytest.raises(ValueError, match="as many texts as images"):
         retrieval_recall(embeds, texts[:3])
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_bf16(monkeypatch):
+    from modeling_florence import pretraining_florence
+
+    if torch.cuda.is_available():
+        pytest.skip("the fallback concerns CPU training")
+    monkeypatch.setattr(pretraining_florence, "bf16_on_this_cpu", lambda: False)
+    assert pretraining_florence.resolve_mixed_precision("bf16") == (
+        "no", "Mixed precision: fp32 (bf16 asked, but this CPU has no native bf16)")
+    assert pretraining_florence.resolve_mixed_precision("no")[0] == "no"
+    monkeypatch.setattr(pretraining_florence, "bf16_on_this_cpu", lambda: True)
+    assert pretraining_florence.resolve_mixed_precision("bf16") == (
+        "bf16", "Mixed precision: bf16 (this CPU computes bf16 natively)")
