@@ -18,6 +18,7 @@ from modeling_florence.evaluation_florence import TopKAccuracy, format_table, re
 from modeling_florence.pretraining_florence import Recipe, train
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def tiny_recipe(tmp_path, steps=(4, 2), batch_size=16, **overrides) -> Path:

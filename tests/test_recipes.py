@@ -11,6 +11,7 @@ from modeling_florence.pretraining_florence import resolve_checkpoint, save_chec
 from modeling_florence.recipe_florence import Recipe
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 STAGES = [{"name": "stage1", "steps": 4}, {"name": "stage2", "steps": 2, "prompt_templates": False}]
 
 
