@@ -10,7 +10,7 @@ nested ones included, must be a field of the preset's config). Errors are `Value
 import inspect
 import json
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from .configuration_florence import load_preset, presets_dir
@@ -22,12 +22,10 @@ DATA_LOADERS = {"imagefolder": image_folder_pairs, "jsonl": load_image_text_pair
                 "webdataset": load_image_text_pairs}
 
 
-def bounded(default=None, low=None, high=None, choices=None, default_factory=None):
+def bounded(default=MISSING, low=None, high=None, choices=None, default_factory=MISSING):
     """A dataclass field with the range (`low`/`high`, inclusive) or `choices` that `check_fields` enforces."""
-    metadata = {"low": low, "high": high, "choices": choices}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+    return field(default=default, default_factory=default_factory,
+                 metadata={"low": low, "high": high, "choices": choices})
 
 
 def check_fields(instance, where: str) -> None:
@@ -58,13 +56,17 @@ def build(cls, values, where: str):
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"Unknown {where.rstrip('.') or 'recipe'} keys {unknown}; known keys: {sorted(known)}")
+    required = [spec.name for spec in fields(cls) if spec.default is MISSING and spec.default_factory is MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ValueError(f"{where.rstrip('.') or 'recipe'} needs {missing}")
     return cls(**values)
 
 
 @dataclass
 class Stage:
     name: str
-    steps: int = bounded(0, low=0)
+    steps: int = bounded(low=0)
     prompt_templates: bool = True
     image_size: int | None = bounded(None, low=1)
 

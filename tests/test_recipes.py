@@ -45,6 +45,8 @@ def recipe_file(tmp_path, **fields) -> Path:
     ({"stages": [{"name": "a", "steps": -1}]}, r"stages\[0\].steps must be >= 0"),
     ({"stages": [{"name": "a", "steps": "3"}]}, r"stages\[0\].steps must be int"),
     ({"stages": [{"name": "a", "steps": 3, "epochs": 2}]}, r"Unknown stages\[0\] keys \['epochs'\]"),
+    ({"stages": [{"name": "a"}]}, r"stages\[0\] needs \['steps'\]"),
+    ({"stages": [{"name": 7, "steps": 3}]}, r"stages\[0\].name must be str"),
     ({"stages": [{"name": "a", "steps": 3, "image_size": 8}]}, r"stages\[0\].image_size must be >= 16 px"),
     ({"data": {"source": "parquet"}}, r"data.source must be one of"),
     ({"data": {"source": "shapes", "num_trian": 5}}, r"Unknown data keys \['num_trian'\]"),
