@@ -1,6 +1,9 @@
 """Reading foreign checkpoints safely (safetensors, or `torch.load(weights_only=True)`) and loading them strictly."""
 
 import argparse
+import json
+import re
+import sys
 from pathlib import Path
 
 import torch
@@ -67,3 +70,47 @@ def converter_parser(description: str, formats: tuple[str, ...], model_name: str
     parser.add_argument("--output", required=True, help=f"folder to write the {model_name} to")
     parser.add_argument("--format", default="auto", choices=formats, help="expected format (default: detect)")
     return parser
+
+
+def contiguous_indices(state_dict: dict[str, torch.Tensor], pattern: str, what: str) -> list[int]:
+    """The sorted indices that `pattern` (one group) captures in the keys; a gap means blocks are missing."""
+    found = sorted({int(m.group(1)) for key in state_dict if (m := re.match(pattern, key))})
+    if found != list(range(len(found))):
+        missing = sorted(set(range(max(found, default=-1) + 1)) - set(found))
+        raise ValueError(f"The checkpoint has no {what} {missing} (found {found}): refusing to convert a different model")
+    return found
+
+
+def folder_config(checkpoint: str | Path, sub_config: str | None = None) -> dict:
+    """A Transformers folder's config.json (its `sub_config` part, when there is one); empty for weight files."""
+    config_file = Path(checkpoint) / "config.json"
+    if not config_file.is_file():
+        return {}
+    config = json.loads(config_file.read_text())
+    return config.get(sub_config, config) if sub_config else config
+
+
+def check_declared(config, declared: dict, keys: tuple[str, ...], source: str) -> None:
+    """Refuse a conversion whose architecture differs from what the checkpoint's config.json declares (a head count
+    that disagrees, a layer missing at the end): the weights would be loaded into a different model."""
+    for key in keys:
+        if key in declared and declared[key] != getattr(config, key):
+            raise ValueError(f"Inconsistent {key}: the weights (and flags) give {getattr(config, key)} but {source} "
+                             f"declares {declared[key]}; refusing to convert a different model")
+
+
+def write_converted(model, output: str | Path) -> None:
+    """`save_pretrained`, then exit non-zero when no weights were written (e.g. `output` is an existing file, which
+    `save_pretrained` only logs)."""
+    model.save_pretrained(output)
+    output = Path(output)
+    if not (output / "config.json").is_file() or not any(output.glob("model*.safetensors")):
+        sys.exit(f"error: nothing was written to {output}")
+
+
+def run_converter(convert, *args, **kwargs):
+    """Run a conversion for a command line: a refused checkpoint exits non-zero with the reason, not a traceback."""
+    try:
+        return convert(*args, **kwargs)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")

@@ -9,7 +9,6 @@ folders carry them in their config.json, which is used when present):
     python conversion/convert_clip_text.py --checkpoint open_clip.pt --output text --hidden-act gelu
 """
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -19,7 +18,17 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conversion.checkpoint_io import converter_parser, load_state_dict, load_strict, strip_prefix  # noqa: E402
+from conversion.checkpoint_io import (  # noqa: E402
+    check_declared,
+    contiguous_indices,
+    converter_parser,
+    folder_config,
+    load_state_dict,
+    load_strict,
+    run_converter,
+    strip_prefix,
+    write_converted,
+)
 from modeling_florence import FlorenceTextConfig, FlorenceTextModel  # noqa: E402
 
 FORMATS = ("auto", "transformers", "open_clip")
@@ -91,7 +100,7 @@ def to_florence_state_dict(state_dict: dict[str, torch.Tensor], source_format: s
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> FlorenceTextConfig:
     """Read the text architecture off a state dict already in Florence names."""
     token_embedding = state_dict["embeddings.token_embedding.weight"]
-    layers = {int(m.group(1)) for k in state_dict if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
+    layers = contiguous_indices(state_dict, r"encoder\.layers\.(\d+)\.", "layer")
     config = dict(
         vocab_size=token_embedding.shape[0],
         hidden_size=token_embedding.shape[1],
@@ -105,23 +114,22 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> FlorenceTe
     return FlorenceTextConfig(**config)
 
 
-def _transformers_config_overrides(checkpoint: Path) -> dict:
-    """Activation, eps, heads and special tokens from a Transformers folder's config.json, if there is one."""
-    config_file = checkpoint / "config.json" if checkpoint.is_dir() else None
-    if config_file is None or not config_file.is_file():
-        return {}
-    config = json.loads(config_file.read_text())
-    config = config.get("text_config", config)
-    keys = ("hidden_act", "layer_norm_eps", "num_attention_heads", "eos_token_id", "bos_token_id", "pad_token_id")
-    return {key: config[key] for key in keys if key in config}
+ARCHITECTURE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+SETTING_KEYS = ("hidden_act", "layer_norm_eps", "num_attention_heads", "eos_token_id", "bos_token_id", "pad_token_id")
 
 
 def convert_clip_text(checkpoint: str | Path, source_format: str = "auto", **config_overrides) -> FlorenceTextModel:
-    """Load a CLIP-style text tower into a `FlorenceTextModel`, failing loudly on any mismatch."""
+    """Load a CLIP-style text tower into a `FlorenceTextModel`, failing loudly on any mismatch.
+
+    A Transformers folder's config.json supplies what weights do not store (activation, eps, heads, special
+    tokens); flags override it, but an architecture that then disagrees with it (e.g. another head count, a layer
+    missing at the end) is refused."""
     state_dict, detected = to_florence_state_dict(load_state_dict(checkpoint), source_format)
-    overrides = _transformers_config_overrides(Path(checkpoint))
+    declared = folder_config(checkpoint, "text_config")
+    overrides = {key: declared[key] for key in SETTING_KEYS if key in declared}
     overrides.update({k: v for k, v in config_overrides.items() if v is not None})
     model = FlorenceTextModel(infer_config(state_dict, **overrides))
+    check_declared(model.config, declared, ARCHITECTURE_KEYS, f"{checkpoint}/config.json")
     load_strict(model, state_dict, f"CLIP text ({detected})")
     return model.eval()
 
@@ -132,14 +140,15 @@ def main(argv=None):
     parser.add_argument("--layer-norm-eps", type=float, default=None, help="1e-5 (CLIP) or 1e-12 (UniCL)")
     parser.add_argument("--num-attention-heads", type=int, default=None, help="default: width / 64")
     args = parser.parse_args(argv)
-    model = convert_clip_text(
+    model = run_converter(
+        convert_clip_text,
         args.checkpoint,
         args.format,
         hidden_act=args.hidden_act,
         layer_norm_eps=args.layer_norm_eps,
         num_attention_heads=args.num_attention_heads,
     )
-    model.save_pretrained(args.output)
+    write_converted(model, args.output)
     config = model.config
     print(
         f"Wrote {args.output}: width={config.hidden_size} layers={config.num_hidden_layers} "

@@ -16,7 +16,17 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conversion.checkpoint_io import converter_parser, load_state_dict, load_strict, strip_prefix  # noqa: E402
+from conversion.checkpoint_io import (  # noqa: E402
+    check_declared,
+    contiguous_indices,
+    converter_parser,
+    folder_config,
+    load_state_dict,
+    load_strict,
+    run_converter,
+    strip_prefix,
+    write_converted,
+)
 from modeling_florence import FlorenceVisionConfig, FlorenceVisionModel  # noqa: E402
 
 FORMATS = ("auto", "timm", "official", "transformers", "unicl")
@@ -119,14 +129,24 @@ def to_florence_state_dict(state_dict: dict[str, torch.Tensor], source_format: s
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> FlorenceVisionConfig:
-    """Read the Swin architecture off a state dict already in Florence names."""
+    """Read the Swin architecture off a state dict already in Florence names.
+
+    Refuses (`ValueError`) a checkpoint with a missing stage or block, blocks of one stage with different head
+    counts, or a final norm whose width says that stages are missing."""
     projection = state_dict["embeddings.projection.weight"]
-    stages = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"stages\.(\d+)\.blocks\.", k))})
-    depths = [
-        len({int(m.group(1)) for k in state_dict if (m := re.match(rf"stages\.{s}\.blocks\.(\d+)\.", k))})
-        for s in stages
-    ]
-    num_heads = [state_dict[f"stages.{s}.blocks.0.attn.relative_position_bias_table"].shape[1] for s in stages]
+    stages = contiguous_indices(state_dict, r"stages\.(\d+)\.blocks\.", "stage")
+    depths = [len(contiguous_indices(state_dict, rf"stages\.{s}\.blocks\.(\d+)\.", f"block of stage {s} numbered"))
+              for s in stages]
+    num_heads = []
+    for s, depth in zip(stages, depths):
+        heads = {b: state_dict[f"stages.{s}.blocks.{b}.attn.relative_position_bias_table"].shape[1] for b in range(depth)}
+        if len(set(heads.values())) != 1:
+            raise ValueError(f"Inconsistent head counts in stage {s}: {heads} (block: heads)")
+        num_heads.append(heads[0])
+    width = projection.shape[0] * 2 ** (len(stages) - 1)
+    if "layernorm.weight" in state_dict and state_dict["layernorm.weight"].shape[0] != width:
+        raise ValueError(f"The final norm is {state_dict['layernorm.weight'].shape[0]} wide but the {len(stages)} "
+                         f"stages found end at {width}: stages are missing")
     table_rows = state_dict["stages.0.blocks.0.attn.relative_position_bias_table"].shape[0]
     window_size = (math.isqrt(table_rows) + 1) // 2
     fc1 = state_dict["stages.0.blocks.0.mlp.fc1.weight"]
@@ -150,6 +170,7 @@ def convert_swin(checkpoint: str | Path, source_format: str = "auto", **config_o
     """Load a Swin checkpoint into a `FlorenceVisionModel`, failing loudly on any mismatch."""
     state_dict, detected = to_florence_state_dict(load_state_dict(checkpoint), source_format)
     config = infer_config(state_dict, **config_overrides)
+    check_declared(config, folder_config(checkpoint), ("embed_dim", "depths", "num_heads"), f"{checkpoint}/config.json")
     model = FlorenceVisionModel(config)
     load_strict(model, state_dict, f"Swin ({detected})")
     return model.eval()
@@ -160,10 +181,10 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=224, help="training resolution recorded in the config")
     parser.add_argument("--drop-path-rate", type=float, default=0.1, help="stochastic depth for later fine-tuning")
     args = parser.parse_args(argv)
-    model = convert_swin(
-        args.checkpoint, args.format, image_size=args.image_size, drop_path_rate=args.drop_path_rate
+    model = run_converter(
+        convert_swin, args.checkpoint, args.format, image_size=args.image_size, drop_path_rate=args.drop_path_rate
     )
-    model.save_pretrained(args.output)
+    write_converted(model, args.output)
     config = model.config
     print(
         f"Wrote {args.output}: Swin embed_dim={config.embed_dim} depths={config.depths} heads={config.num_heads} "

@@ -10,13 +10,16 @@
 - `load_video_folder`: a folder of videos with a csv of labels (`video` paths, or decoded `frames` as in Shapes,
   `label`, `caption`).
 
-A row whose image cannot be read is skipped and counted (a warning reports how many at the end), or raises
-`ValueError` naming the file with `strict=True`. A missing column raises `ValueError` naming it and the columns found.
+A row whose image cannot be fully decoded (truncated files included) or whose caption is missing, not a string or
+not valid UTF-8 is skipped and counted (a warning reports how many, and why, at the end), or raises `ValueError`
+naming the file with `strict=True`. A malformed table row (bad JSON, a line that is not an object, a csv row with the
+wrong number of fields) raises `ValueError` naming the file and line; a missing column names it and the columns found.
 """
 
 import csv
 import io
 import json
+import re
 import tarfile
 import warnings
 from collections.abc import Iterator
@@ -26,32 +29,52 @@ from datasets import ClassLabel, Dataset, Features, Image, IterableDataset, Sequ
 from PIL import Image as PILImage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+UNDECODED = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of bytes that are not UTF-8
 PAIR_FEATURES = Features({"image": Image(), "text": Value("string"), "is_label": Value("bool")})
 
 
 class SkipCounter:
-    """Counts unreadable rows; raises at the first one in strict mode; warns with the total at the end."""
+    """Counts unusable rows by reason; raises at the first one in strict mode; warns with the totals at the end."""
 
     def __init__(self, source: str, strict: bool):
-        self.source, self.strict, self.skipped, self.examples = source, strict, 0, []
+        self.source, self.strict, self.skipped, self.examples = source, strict, {}, []
+
+    def skip(self, name: str, reason: str, error: Exception | None = None) -> bool:
+        """Record an unusable row (always returns False, so `return counter.skip(...)` reads as "not usable")."""
+        if self.strict:
+            raise ValueError(f"{self.source}: {name}: {reason}{f' ({error})' if error else ''}") from error
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.examples.append(name)
+        return False
 
     def readable(self, image_source, name: str) -> bool:
+        """Whether the image decodes completely (`load`, not just `verify`: a truncated file fails here)."""
         try:
             with PILImage.open(image_source if not isinstance(image_source, bytes) else io.BytesIO(image_source)) as im:
-                im.verify()
+                im.load()
             return True
         except Exception as error:  # noqa: BLE001 - any decoding failure makes the row unusable
-            if self.strict:
-                raise ValueError(f"{self.source}: image {name} cannot be read ({error})") from error
-            self.skipped += 1
-            self.examples.append(name)
-            return False
+            return self.skip(name, "unreadable image", error)
+
+    def caption(self, text, name: str) -> str | None:
+        """The caption if it is usable text (a non-empty str, or UTF-8 bytes), else None after counting the row."""
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return self.skip(name, "caption not valid UTF-8", error) or None
+        if isinstance(text, str) and UNDECODED.search(text):  # bytes a table could not decode (surrogateescape)
+            return self.skip(name, "caption not valid UTF-8") or None
+        if not isinstance(text, str) or not text.strip():
+            return self.skip(name, f"no caption (null, empty or not a string: {text!r})") or None
+        return text
 
     def report(self, kept: int) -> None:
         if self.skipped:
+            reasons = ", ".join(f"{reason}: {count}" for reason, count in self.skipped.items())
             warnings.warn(
-                f"{self.source}: skipped {self.skipped} unreadable image(s) of {kept + self.skipped} "
-                f"(e.g. {', '.join(self.examples[:3])}); pass strict=True to fail instead",
+                f"{self.source}: skipped {sum(self.skipped.values())} of {kept + sum(self.skipped.values())} rows "
+                f"({reasons}; e.g. {', '.join(self.examples[:3])}); pass strict=True to fail instead",
                 stacklevel=3,
             )
 
@@ -92,11 +115,30 @@ def image_folder_pairs(root: str | Path, strict: bool = False) -> Dataset:
     )
 
 
-def _rows_from_table(path: Path, source: str) -> list[dict]:
-    if source == "jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+def _table_rows(path: Path, source: str) -> list[tuple[int, dict]]:
+    """`(line number, row)` of a jsonl or csv table. Bytes that are not UTF-8 are kept as surrogates (the caption
+    check counts those rows); a malformed row raises `ValueError` naming the file and line."""
+    rows = []
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        if source == "jsonl":
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: malformed JSON row ({error})") from error
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
+                rows.append((number, row))
+            return rows
+        reader = csv.DictReader(handle)
+        for row in reader:
+            if None in row or None in row.values():
+                raise ValueError(f"{path}:{reader.line_num}: malformed row, not the {len(reader.fieldnames)} fields "
+                                 f"the header names ({', '.join(reader.fieldnames)})")
+            rows.append((reader.line_num, row))
+    return rows
 
 
 def load_image_text_pairs(
@@ -111,17 +153,25 @@ def load_image_text_pairs(
     if source not in ("jsonl", "csv"):
         raise ValueError(f"source must be jsonl, csv or webdataset, got {source!r}")
     path = Path(path)
-    rows = _rows_from_table(path, source)
+    rows = _table_rows(path, source)
     if not rows:
         raise ValueError(f"{path} holds no rows")
-    require_columns(rows[0].keys(), [image_column, text_column] + ([label_column] if label_column else []), str(path))
+    require_columns(rows[0][1].keys(), [image_column, text_column] + ([label_column] if label_column else []),
+                    str(path))
     counter = SkipCounter(str(path), strict)
     columns = {"image": [], "text": [], "is_label": []}
-    for row in rows:
+    for number, row in rows:
+        name = f"line {number}"
+        text = counter.caption(row.get(text_column), name)
+        if text is None:
+            continue
+        if not isinstance(row.get(image_column), str):
+            counter.skip(name, f"no image path ({row.get(image_column)!r})")
+            continue
         image = path.parent / row[image_column]
-        if counter.readable(image, str(image)):
+        if counter.readable(image, f"{name} ({image})"):
             columns["image"].append(str(image))
-            columns["text"].append(str(row[text_column]))
+            columns["text"].append(text)
             columns["is_label"].append(_truthy(row[label_column]) if label_column else False)
     counter.report(len(columns["image"]))
     return Dataset.from_dict(columns, features=PAIR_FEATURES)
@@ -150,20 +200,22 @@ def _webdataset_samples(shards: list[Path], counter: SkipCounter) -> Iterator[di
                 key, _, extension = member.name.partition(".")
                 samples.setdefault(key, {})[extension.lower()] = archive.extractfile(member).read()
         for key, parts in samples.items():
-            image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
-            if "txt" in parts:
-                text = parts["txt"].decode("utf-8").strip()
-            elif "json" in parts:
-                meta = json.loads(parts["json"])
-                text = meta.get("caption", meta.get("text"))
-            else:
-                text = None
             name = f"{shard.name}:{key}"
-            if image is None or text is None:
-                counter.readable(b"", f"{name} (no image or caption)")
+            image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
+            text = parts.get("txt")
+            if text is None and "json" in parts:
+                try:
+                    meta = json.loads(parts["json"])
+                except ValueError as error:
+                    counter.skip(name, "malformed json", error)
+                    continue
+                text = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
+            if image is None:
+                counter.skip(name, "no image")
                 continue
-            if counter.readable(image, name):
-                yield {"image": {"bytes": image, "path": None}, "text": text, "is_label": False}
+            text = counter.caption(text, name)
+            if text is not None and counter.readable(image, name):
+                yield {"image": {"bytes": image, "path": None}, "text": text.strip(), "is_label": False}
 
 
 def _webdataset_pairs(path, strict: bool, streaming: bool):
@@ -261,22 +313,20 @@ def load_video_folder(
     `decode=True` the clips are decoded now into `num_frames` uniformly sampled `frames`, as in Shapes video."""
     from .video_processing_florence import decode_video, uniform_indices
 
-    rows = _rows_from_table(Path(labels_csv), "csv")
+    rows = [row for _, row in _table_rows(Path(labels_csv), "csv")]
     if not rows:
         raise ValueError(f"{labels_csv} holds no rows")
     require_columns(rows[0].keys(), [path_column, label_column], str(labels_csv))
     has_caption = caption_column is not None and caption_column in rows[0]  # else the label is the caption
     names = sorted({row[label_column] for row in rows})
     columns = {"label": [], "caption": [], "frames" if decode else "video": []}
-    skipped, examples = 0, []
+    counter = SkipCounter(str(labels_csv), strict)
     for row in rows:
         path = Path(root) / row[path_column]
         try:
             frames = decode_video(path)
-        except (ValueError, FileNotFoundError, ImportError) as error:
-            if strict or isinstance(error, ImportError):
-                raise
-            skipped, examples = skipped + 1, examples + [str(path)]
+        except (ValueError, FileNotFoundError) as error:
+            counter.skip(str(path), "unreadable video", error)
             continue
         if decode:
             columns["frames"].append([PILImage.fromarray(frame) for frame in frames[uniform_indices(len(frames), num_frames)]])
@@ -284,9 +334,7 @@ def load_video_folder(
             columns["video"].append(str(path))
         columns["label"].append(names.index(row[label_column]))
         columns["caption"].append(row[caption_column] if has_caption else row[label_column])
-    if skipped:
-        warnings.warn(f"{labels_csv}: skipped {skipped} unreadable video(s) of {len(rows)} (e.g. {examples[0]}); "
-                      "pass strict=True to fail instead", stacklevel=2)
+    counter.report(len(columns["label"]))
     media = {"frames": Sequence(Image())} if decode else {"video": Value("string")}
     return Dataset.from_dict(columns, features=Features({**media, "label": ClassLabel(names=names),
                                                          "caption": Value("string")}))

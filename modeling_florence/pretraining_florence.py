@@ -2,10 +2,14 @@
 """UniCL pretraining of a Florence two-tower model with Accelerate (one CPU, one GPU, or `accelerate launch`).
 
 The schedule comes from a recipe file (`configuration/recipe-unicl-*.json`): Florence's stage 1 with prompt-template
-augmentation of short labels, stage 2 without it, and an optional higher-resolution stage. Data order is a pure
-function of (seed, step), so a run resumed from a checkpoint sees exactly the batches the uninterrupted run would
-have seen; checkpoints are written to a temporary folder and renamed into place, so a crash never leaves a broken
-`latest`. The final model is saved with `save_pretrained` next to its processor.
+augmentation of short labels, stage 2 without it, and an optional higher-resolution stage. Every recipe field is
+type- and range-checked when the recipe is built (`Recipe.__post_init__`), so a typo fails before any work.
+
+Batches come from a `torch.utils.data.DataLoader` per stage (worker processes, pinned memory on GPU, prefetch),
+prepared by Accelerate with `split_batches`: the batch sampler yields the keys of the *global* batch of each micro
+step, a pure function of (seed, step), and each process keeps its slice. A run resumed from a checkpoint therefore
+sees exactly the batches the uninterrupted run would have seen, whatever the number of workers or processes.
+Checkpoints are written to a temporary folder and renamed into place, so a crash never leaves a broken `latest`.
 
     florence-pretrain --recipe configuration/recipe-unicl-tiny.json --output outputs/florence-tiny-shapes
 """
@@ -14,190 +18,181 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from datasets import IterableDataset
 from transformers import get_cosine_schedule_with_warmup
 
-from .configuration_florence import load_preset, presets_dir
-from .evaluation_florence import format_table, image_text_retrieval, load_templates, zero_shot_classification
+from .evaluation_florence import format_table, image_text_retrieval, zero_shot_classification
 from .modeling_florence import FlorenceModel
 from .processing_florence import FlorenceProcessor, text_labels
+from .recipe_florence import DATA_LOADERS, MIXED_PRECISION, Recipe, ShapesData, Stage, check_data
 
-RECIPE_KEYS = {
-    "model", "model_overrides", "data", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
-    "warmup_steps", "max_grad_norm", "stages", "eval_every", "checkpoint_every", "templates", "seed",
-    "mixed_precision", "gradient_checkpointing", "keep_checkpoints", "cache_images",
-}
-STAGE_KEYS = {"name", "steps", "prompt_templates", "image_size"}
-
-
-@dataclass
-class Stage:
-    name: str
-    steps: int
-    prompt_templates: bool = True
-    image_size: int | None = None
-
-
-@dataclass
-class Recipe:
-    model: str = "florence-tiny"
-    model_overrides: dict = field(default_factory=dict)
-    data: dict = field(default_factory=lambda: {"source": "shapes"})
-    batch_size: int = 64
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    max_grad_norm: float = 1.0
-    stages: list = field(default_factory=list)
-    eval_every: int = 0
-    checkpoint_every: int = 0
-    templates: str | None = None
-    seed: int = 0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    keep_checkpoints: int = 2
-    cache_images: bool = False  # preprocess every training image once and keep the tensors (small data sets)
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> "Recipe":
-        path = Path(path)
-        if not path.is_file() and (presets_dir() / path.name).is_file():
-            path = presets_dir() / path.name
-        values = json.loads(path.read_text())
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - RECIPE_KEYS
-        if unknown:
-            raise ValueError(f"Unknown recipe keys {sorted(unknown)} in {path}; known keys: {sorted(RECIPE_KEYS)}")
-        stages = []
-        for stage in values.pop("stages", []):
-            if set(stage) - STAGE_KEYS:
-                raise ValueError(f"Unknown stage keys {sorted(set(stage) - STAGE_KEYS)}; known: {sorted(STAGE_KEYS)}")
-            stages.append(Stage(**stage))
-        if not stages or any(stage.steps < 0 for stage in stages):
-            raise ValueError(f"{path} must list stages with non-negative step counts")
-        return cls(stages=stages, **values)
-
-    def model_config(self):
-        """The config of the model this recipe trains: its preset with `model_overrides` merged in."""
-        return load_preset(self.model, **self.model_overrides)
-
-    @property
-    def total_steps(self) -> int:
-        return sum(stage.steps for stage in self.stages)
-
-    def stage_at(self, step: int) -> Stage:
-        for stage in self.stages:
-            if step < stage.steps:
-                return stage
-            step -= stage.steps
-        return self.stages[-1]
+__all__ = ["PretrainingData", "Recipe", "Stage", "load_training_data", "train"]
 
 
 def load_training_data(data: dict, image_size: int):
     """The image-text pairs (with `is_label`) and held-out evaluation sets named by the recipe's `data` block."""
+    check_data(data)
     data = dict(data)
     source = data.pop("source", "shapes")
     if source == "shapes":
         from .shapes import build_classification, build_pairs
 
-        options = {k: data.pop(k) for k in ("num_train", "num_validation", "num_test", "label_fraction",
-                                            "detailed_fraction") if k in data}
-        pairs = build_pairs(image_size=image_size, seed=data.pop("seed", 0), **options)
-        classification = build_classification(
-            num_train=0, num_validation=0, num_test=data.pop("num_classification_test", 600), image_size=image_size,
-            seed=1,
-        )
-        if data:
-            raise ValueError(f"Unknown Florence Shapes data keys {sorted(data)}; known: num_train, num_validation, "
-                             "num_test, num_classification_test, label_fraction, detailed_fraction, seed")
+        options = vars(ShapesData(**data))
+        options.pop("source")
+        classification_test = options.pop("num_classification_test")
+        pairs = build_pairs(image_size=image_size, **options)
+        classification = build_classification(num_train=0, num_validation=0, num_test=classification_test,
+                                              image_size=image_size, seed=1)
         return pairs["train"], pairs["test"], classification["test"]
-    if source == "imagefolder":
-        from .data_florence import image_folder_pairs
-
-        return image_folder_pairs(**data), None, None
-    if source in ("jsonl", "csv", "webdataset"):
-        from .data_florence import load_image_text_pairs
-
-        return load_image_text_pairs(source=source, **data), None, None
-    raise ValueError(f"Unknown data source {source!r}: use shapes, jsonl, csv, imagefolder or webdataset")
+    loader = DATA_LOADERS[source]
+    return (loader(**data) if source == "imagefolder" else loader(source=source, **data)), None, None
 
 
-class BatchMaker:
-    """Turns a global step into this process's slice of the global batch: deterministic, so resuming is exact.
+def image_kwargs(image_size: int | None) -> dict:
+    """Processor arguments that resize and crop to `image_size` (None: the processor's own size)."""
+    return {} if image_size is None else {
+        "size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size}}
 
-    UniCL labels come from the text *before* prompt templating: an image-label pair's label is its class, whichever
-    template renders it, so two images of one class are positives even when their prompts differ. With
-    `cache_images`, every image is preprocessed once per image size and kept as a tensor (preprocessing is
-    deterministic, so batches are identical to the uncached ones; this costs 48 KiB per 64x64 image)."""
 
-    def __init__(self, dataset, processor, recipe: Recipe, templates: list[str], rank: int, world_size: int,
-                 cache_images: bool = False):
-        self.dataset, self.processor, self.recipe, self.templates = dataset, processor, recipe, templates
-        self.rank, self.world_size = rank, world_size
-        if recipe.batch_size % world_size:
-            raise ValueError(f"batch_size {recipe.batch_size} is not divisible by {world_size} processes")
-        self.per_process = recipe.batch_size // world_size
-        self.cache_images = cache_images
-        self.pixel_cache: dict[int | None, torch.Tensor] = {}
-        self.token_cache: dict[str, list[int]] = {}
-        if isinstance(dataset, IterableDataset):
-            return
-        self.per_epoch = len(dataset) // recipe.batch_size
+def template_draws(seed: int, micro_step: int, batch_size: int, num_templates: int, use: bool) -> list[int]:
+    """The prompt template of each row of a global batch (-1: none), drawn from (seed, micro step)."""
+    if not use:
+        return [-1] * batch_size
+    return np.random.default_rng([seed, micro_step, 7]).integers(num_templates, size=batch_size).tolist()
+
+
+class StepSampler:
+    """Batch sampler yielding, for micro steps `start..stop-1`, the keys `(row, template, image_size)` of each global
+    batch. Rows follow a permutation of the data per epoch seeded by (seed, epoch), so the keys of a step are a pure
+    function of (seed, step); Accelerate's `split_batches` hands each process its slice."""
+
+    def __init__(self, num_rows: int, recipe: Recipe, stage: Stage, start: int, stop: int, num_templates: int):
+        self.batch_size, self.seed = recipe.batch_size, recipe.seed
+        self.num_rows, self.stage, self.start, self.stop, self.num_templates = num_rows, stage, start, stop, num_templates
+        self.per_epoch = num_rows // recipe.batch_size
         if self.per_epoch == 0:
-            raise ValueError(f"{len(dataset)} training pairs cannot fill one batch of {recipe.batch_size}")
+            raise ValueError(f"{num_rows} training pairs cannot fill one batch of {recipe.batch_size}")
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        order, order_epoch = None, None
+        for micro_step in range(self.start, self.stop):
+            epoch, position = divmod(micro_step, self.per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows), epoch
+            rows = order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
+            draws = template_draws(self.seed, micro_step, self.batch_size, self.num_templates,
+                                   self.stage.prompt_templates)
+            yield [(row, draw, self.stage.image_size) for row, draw in zip(rows, draws)]
+
+
+class PairRows(torch.utils.data.Dataset):
+    """An in-memory pair set read a batch at a time (`__getitems__`): rows for `UniCLCollator`.
+
+    With `cache(image_size)` every image is preprocessed once and kept as a tensor (preprocessing is deterministic,
+    so batches equal the uncached ones; 12 KiB per 32 px image). The cache is filled in the main process before the
+    DataLoader starts its workers, which share it."""
+
+    def __init__(self, pairs, processor):
+        self.pairs, self.processor, self.pixels = pairs, processor, {}
         # plain lists: indexing a datasets column row by row costs ~0.15 ms a row
-        self.columns = {name: list(dataset[name]) for name in ("text", "is_label") if name in dataset.column_names}
+        self.texts = list(pairs["text"])
+        self.is_label = list(pairs["is_label"]) if "is_label" in pairs.column_names else [False] * len(pairs)
 
-    def this_process(self, values):
-        return values[self.rank * self.per_process : (self.rank + 1) * self.per_process]
+    def __len__(self) -> int:
+        return len(self.pairs)
 
-    def indices(self, micro_step: int) -> np.ndarray:
-        epoch, position = divmod(micro_step, self.per_epoch)
-        order = np.random.default_rng([self.recipe.seed, epoch]).permutation(len(self.dataset))
-        return self.this_process(order[position * self.recipe.batch_size : (position + 1) * self.recipe.batch_size])
+    def cache(self, image_size: int | None) -> None:
+        if image_size not in self.pixels:  # one size at a time: stages move to larger images
+            chunks = [self.processor(images=self.pairs[start : start + 1024]["image"], **image_kwargs(image_size))
+                      ["pixel_values"] for start in range(0, len(self.pairs), 1024)]
+            self.pixels = {image_size: torch.cat(chunks)}
 
-    @staticmethod
-    def image_kwargs(image_size: int | None) -> dict:
-        return {} if image_size is None else {
-            "size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size}}
+    def __getitems__(self, keys: list[tuple]) -> list[dict]:
+        rows = [row for row, _, _ in keys]
+        image_size = keys[0][2]
+        cached = self.pixels.get(image_size)
+        images = cached[rows] if cached is not None else self.pairs[rows]["image"]
+        return [{"text": self.texts[row], "is_label": self.is_label[row], "template": template,
+                 "image_size": image_size, "pixel_values" if cached is not None else "image": image}
+                for (row, template, image_size), image in zip(keys, images)]
 
-    def pixel_values(self, indices: list[int], image_size: int | None) -> torch.Tensor:
-        kwargs = self.image_kwargs(image_size)
-        if not self.cache_images:
-            return self.processor(images=self.dataset[indices]["image"], **kwargs)["pixel_values"]
-        if image_size not in self.pixel_cache:
-            chunks = [self.processor(images=self.dataset[start : start + 1024]["image"], **kwargs)["pixel_values"]
-                      for start in range(0, len(self.dataset), 1024)]
-            self.pixel_cache = {image_size: torch.cat(chunks)}  # one size at a time: stages move to larger images
-        return self.pixel_cache[image_size][indices]
+    def __getitem__(self, key: tuple) -> dict:
+        return self.__getitems__([key])[0]
 
-    def text_inputs(self, texts: list[str], is_label: list[bool], micro_step: int, stage: Stage) -> dict:
-        """Token ids of the (templated) prompts and UniCL labels of the texts before templating."""
-        # Template draws for the whole global batch, then this process's slice: the same texts however many
-        # processes share the batch.
-        rng = np.random.default_rng([self.recipe.seed, micro_step, 7])
-        choices = self.this_process(rng.integers(len(self.templates), size=self.recipe.batch_size))
-        prompts = [
-            self.templates[choice].format(text) if label and stage.prompt_templates else text
-            for text, label, choice in zip(texts, is_label, choices)
-        ]
+
+class StreamRows(torch.utils.data.IterableDataset):
+    """The rows of a streamed pair set (webdataset shards) in the order of the global batches of micro steps
+    `start..stop-1`: epoch e reads the stream shuffled with seed (seed, e) through a buffer, and step k holds rows
+    k*B..(k+1)*B-1 of the concatenated epochs, so a resumed run (which skips the rows already used) sees the
+    uninterrupted run's batches. Every process reads the stream; Accelerate keeps each one's slice."""
+
+    SHUFFLE_BUFFER = 1000
+
+    def __init__(self, pairs, recipe: Recipe, stage: Stage, start: int, stop: int, num_templates: int):
+        self.pairs, self.recipe, self.stage, self.start, self.stop = pairs, recipe, stage, start, stop
+        self.num_templates = num_templates
+
+    def stream(self):
+        epoch = 0
+        while True:
+            empty = True
+            for row in self.pairs.shuffle(seed=self.recipe.seed * 100003 + epoch, buffer_size=self.SHUFFLE_BUFFER):
+                empty = False
+                yield row
+            if empty:
+                raise ValueError("The streamed training data holds no rows")
+            epoch += 1
+
+    def __iter__(self):
+        rows, size = self.stream(), self.recipe.batch_size
+        for _ in range(self.start * size):  # resuming: skip the rows earlier steps used
+            next(rows)
+        for micro_step in range(self.start, self.stop):
+            for draw in template_draws(self.recipe.seed, micro_step, size, self.num_templates,
+                                       self.stage.prompt_templates):
+                row = next(rows)
+                yield {"text": row["text"], "is_label": bool(row.get("is_label")), "template": draw,
+                       "image_size": self.stage.image_size, "image": row["image"]}
+
+
+class UniCLCollator:
+    """Rows -> model inputs: token ids of the (templated) prompts, UniCL labels of the texts *before* templating,
+    and pixel values (stacked from the cache, or preprocessed here, in the worker).
+
+    An image-label pair's label is its class, whichever template renders it, so two images of one class are
+    positives even when their prompts differ. Each distinct prompt is tokenised once (captions and templated labels
+    repeat across steps)."""
+
+    def __init__(self, processor, templates: list[str]):
+        self.processor, self.templates, self.token_cache = processor, templates, {}
+
+    def __call__(self, rows: list[dict]) -> dict:
+        texts = [row["text"] for row in rows]
+        prompts = [self.templates[row["template"]].format(row["text"]) if row["is_label"] and row["template"] >= 0
+                   else row["text"] for row in rows]
         inputs = self.tokenize(prompts)
         inputs["labels"] = text_labels(texts)
+        if "pixel_values" in rows[0]:
+            inputs["pixel_values"] = torch.stack([row["pixel_values"] for row in rows])
+        else:
+            inputs["pixel_values"] = self.processor(images=[row["image"] for row in rows],
+                                                    **image_kwargs(rows[0]["image_size"]))["pixel_values"]
         return inputs
 
     def tokenize(self, prompts: list[str]) -> dict:
-        """The processor's padded `input_ids`/`attention_mask`, each distinct prompt tokenised once (captions and
-        templated labels repeat across steps; tokenising is ~5% of a florence-tiny step)."""
+        """The processor's padded `input_ids`/`attention_mask`, each distinct prompt tokenised once."""
         missing = sorted(set(prompts) - self.token_cache.keys())
         if missing:
             if len(self.token_cache) > 200_000:  # bounded for large caption sets
@@ -212,88 +207,115 @@ class BatchMaker:
             attention_mask[row, : len(ids)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def __call__(self, micro_step: int, stage: Stage) -> dict:
-        indices = self.indices(micro_step).tolist()
-        texts = [self.columns["text"][index] for index in indices]
-        is_label = [self.columns["is_label"][index] for index in indices] if "is_label" in self.columns else [
-            False] * len(indices)
-        inputs = self.text_inputs(texts, is_label, micro_step, stage)
-        inputs["pixel_values"] = self.pixel_values(indices, stage.image_size)
-        return inputs
+
+class PretrainingData:
+    """One `DataLoader` per stage over the recipe's training pairs (in memory or streamed), in global-batch order."""
+
+    def __init__(self, pairs, processor, recipe: Recipe, templates: list[str]):
+        self.pairs, self.recipe, self.num_templates = pairs, recipe, len(templates)
+        self.streaming = isinstance(pairs, IterableDataset)
+        self.rows = None if self.streaming else PairRows(pairs, processor)
+        self.collate = UniCLCollator(processor, templates)
+
+    def loader(self, stage: Stage, start: int, stop: int) -> torch.utils.data.DataLoader:
+        """Batches of micro steps `start..stop-1` of `stage` (global batches; `accelerator.prepare` slices them)."""
+        # A stream is read by one worker at most: several would each read it all.
+        workers = min(self.recipe.num_workers, 1) if self.streaming else self.recipe.num_workers
+        options = {"collate_fn": self.collate, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
+                   "prefetch_factor": self.recipe.prefetch_factor if workers else None}
+        if self.streaming:
+            rows = StreamRows(self.pairs, self.recipe, stage, start, stop, self.num_templates)
+            return torch.utils.data.DataLoader(rows, batch_size=self.recipe.batch_size, **options)
+        if self.recipe.cache_images:
+            self.rows.cache(stage.image_size)
+        sampler = StepSampler(len(self.rows), self.recipe, stage, start, stop, self.num_templates)
+        return torch.utils.data.DataLoader(self.rows, batch_sampler=sampler, **options)
 
 
-class StreamingBatchMaker(BatchMaker):
-    """Batches read in order from a streamed data set (webdataset shards), never held in memory.
+CHECKPOINT_NAME = re.compile(r"step-\d{7}")
 
-    Epoch e reads the stream shuffled with seed (seed, e) through a buffer; step k holds rows k*B..(k+1)*B-1 of the
-    concatenated epochs, so a resumed run (which skips the rows already used) sees the uninterrupted run's batches.
-    Every process reads the stream and keeps its slice of the global batch."""
 
-    SHUFFLE_BUFFER = 1000
+def latest_checkpoint(output: Path) -> Path | None:
+    """The checkpoint that `checkpoints/latest` names, or None without one. The pointer may only name a
+    `step-NNNNNNN` folder of this run's `checkpoints/` (no path, no `..`) that holds a complete checkpoint."""
+    checkpoints = output / "checkpoints"
+    pointer = checkpoints / "latest"
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    if not CHECKPOINT_NAME.fullmatch(name):
+        raise ValueError(f"{pointer} names {name!r}, not a checkpoint folder (step-NNNNNNN) of {checkpoints}")
+    if not (checkpoints / name / "trainer_state.json").is_file():
+        raise ValueError(f"{pointer} names {name}, which is not a complete checkpoint in {checkpoints}")
+    return checkpoints / name
 
-    def __init__(self, dataset, processor, recipe: Recipe, templates: list[str], rank: int, world_size: int):
-        super().__init__(dataset, processor, recipe, templates, rank, world_size)
-        self.rows, self.position = None, 0
 
-    def stream(self):
-        epoch = 0
-        while True:
-            empty = True
-            for row in self.dataset.shuffle(seed=self.recipe.seed * 100003 + epoch, buffer_size=self.SHUFFLE_BUFFER):
-                empty = False
-                yield row
-            if empty:
-                raise ValueError("The streamed training data holds no rows")
-            epoch += 1
-
-    def __call__(self, micro_step: int, stage: Stage) -> dict:
-        start = micro_step * self.recipe.batch_size
-        if self.rows is None or start < self.position:
-            self.rows, self.position = self.stream(), 0
-        for _ in range(start - self.position):  # resuming: skip the rows earlier steps used
-            next(self.rows)
-        rows = self.this_process([next(self.rows) for _ in range(self.recipe.batch_size)])
-        self.position = start + self.recipe.batch_size
-        inputs = self.text_inputs([row["text"] for row in rows], [bool(row.get("is_label")) for row in rows],
-                                  micro_step, stage)
-        images = [row["image"] for row in rows]
-        inputs["pixel_values"] = self.processor(images=images, **self.image_kwargs(stage.image_size))["pixel_values"]
-        return inputs
+def prune_checkpoints(checkpoints: Path, keep: int) -> None:
+    """Keep the checkpoint `latest` names and the newest others, `keep` in all."""
+    latest = latest_checkpoint(checkpoints.parent)
+    others = sorted(path for path in checkpoints.glob("step-*") if path != latest)
+    for old in others[: max(0, len(others) - (keep - (latest is not None)))]:
+        shutil.rmtree(old)
 
 
 def save_checkpoint(accelerator: Accelerator, output: Path, step: int, history: list, keep: int) -> Path:
-    """Write `checkpoints/step-N` through a temporary folder and an atomic rename, then point `latest` at it."""
+    """Write `checkpoints/step-N` through a temporary folder and an atomic rename, point `latest` at it, then prune.
+
+    A step saved again (a run resumed from an earlier checkpoint) replaces the old folder only once the new one is
+    complete; `latest` never names a deleted folder."""
     checkpoints = output / "checkpoints"
     final = checkpoints / f"step-{step:07d}"
-    temporary = checkpoints / f".tmp-step-{step:07d}"
-    if accelerator.is_main_process and temporary.exists():
-        shutil.rmtree(temporary)
+    temporary, replaced = checkpoints / f".tmp-{final.name}", checkpoints / f".old-{final.name}"
+    if accelerator.is_main_process:
+        for leftover in (temporary, replaced):
+            if leftover.exists():
+                shutil.rmtree(leftover)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
     if accelerator.is_main_process:
         (temporary / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}))
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, replaced)
         os.replace(temporary, final)
         pointer = checkpoints / ".latest.tmp"
         pointer.write_text(final.name)
         os.replace(pointer, checkpoints / "latest")
-        for old in sorted(checkpoints.glob("step-*"))[:-keep]:
-            shutil.rmtree(old)
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        prune_checkpoints(checkpoints, keep)
     accelerator.wait_for_everyone()
     return final
 
 
-def resolve_checkpoint(output: Path, resume: str) -> Path | None:
+def resolve_checkpoint(output: Path, resume: str | None) -> Path | None:
+    """The checkpoint to resume from: None (start), `latest` (an error when there is none) or a folder."""
     if resume in (None, "", "none"):
         return None
     if resume == "latest":
-        pointer = output / "checkpoints" / "latest"
-        return output / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+        checkpoint = latest_checkpoint(output)
+        if checkpoint is None:
+            raise ValueError(f"--resume_from_checkpoint latest: {output / 'checkpoints'} holds no checkpoint")
+        return checkpoint
     path = Path(resume)
     if not (path / "trainer_state.json").is_file():
         raise ValueError(f"{path} is not a checkpoint folder written by this trainer (no trainer_state.json)")
     return path
+
+
+def bf16_on_this_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                       "_is_amx_tile_supported"))
+
+
+def resolve_mixed_precision(requested: str) -> tuple[str, str]:
+    """The recipe's mixed precision and a line saying which runs: `bf16` on a CPU without bf16 units falls back to
+    fp32 (emulated bf16 would be slower)."""
+    on_cpu = not torch.cuda.is_available()
+    if requested == "bf16" and on_cpu and not bf16_on_this_cpu():
+        return "no", "Mixed precision: fp32 (bf16 asked, but this CPU has no native bf16)"
+    native = " (this CPU computes bf16 natively)" if requested == "bf16" and on_cpu else ""
+    return requested, f"Mixed precision: {'fp32' if requested == 'no' else requested}{native}"
 
 
 def evaluate(model, processor, test_pairs, zero_shot_set, templates, limit: int = 1000) -> dict[str, float]:
@@ -339,11 +361,15 @@ def plot_history(history: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+
 def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None = None,
           stop_after_step: int | None = None, log_with: str | None = "tensorboard") -> dict:
     """Run the recipe; returns the final evaluation results."""
+    began = time.perf_counter()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    checkpoint = resolve_checkpoint(output, resume_from_checkpoint)
+    mixed_precision, precision_line = resolve_mixed_precision(recipe.mixed_precision)
     # Several processes on a machine without CUDA: Accelerate needs `cpu=True` to form a gloo process group.
     multi_process_cpu = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
@@ -352,20 +378,25 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
         # The schedule counts global optimizer steps; it is stepped once per optimizer step below, whatever the
         # number of processes (Accelerate would otherwise step it once per process).
         step_scheduler_with_optimizer=False,
-        mixed_precision=recipe.mixed_precision,
+        mixed_precision=mixed_precision,
+        # The batch sampler yields global batches; each process keeps its slice of every one.
+        dataloader_config=DataLoaderConfiguration(split_batches=True, dispatch_batches=False,
+                                                  non_blocking=torch.cuda.is_available()),
         log_with=_available_tracker(log_with),
         project_dir=str(output),
     )
+    accelerator.print(precision_line)
+    if recipe.batch_size % accelerator.num_processes:
+        raise ValueError(f"batch_size {recipe.batch_size} is not divisible by {accelerator.num_processes} processes")
     set_seed(recipe.seed)
     config = recipe.model_config()
-    image_size = config.vision_config.image_size
     model = FlorenceModel(config)
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    processor = FlorenceProcessor.from_defaults(image_size=image_size)
-    templates = load_templates(recipe.templates and (presets_dir() / recipe.templates
-                                                      if not Path(recipe.templates).is_file() else recipe.templates))
-    train_pairs, test_pairs, zero_shot_set = load_training_data(recipe.data, image_size)
+    processor = FlorenceProcessor.from_defaults(image_size=config.vision_config.image_size)
+    templates = recipe.template_list()
+    train_pairs, test_pairs, zero_shot_set = load_training_data(recipe.data, config.vision_config.image_size)
+    data = PretrainingData(train_pairs, processor, recipe, templates)
 
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n or "logit_scale" in n]
     decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "embedding" in n or "logit_scale" in n)]
@@ -374,17 +405,10 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
         optimizer = torch.optim.AdamW(groups, lr=recipe.learning_rate, fused=True)
     except (RuntimeError, ValueError):
         optimizer = torch.optim.AdamW(groups, lr=recipe.learning_rate)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, max(1, recipe.total_steps))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    if isinstance(train_pairs, IterableDataset):
-        batches = StreamingBatchMaker(train_pairs, processor, recipe, templates, accelerator.process_index,
-                                      accelerator.num_processes)
-    else:
-        batches = BatchMaker(train_pairs, processor, recipe, templates, accelerator.process_index,
-                             accelerator.num_processes, cache_images=recipe.cache_images)
     step, history = 0, []
-    checkpoint = resolve_checkpoint(output, resume_from_checkpoint)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -396,11 +420,11 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
     progress = _progress(accelerator, recipe.total_steps, step)
     started, seen = time.perf_counter(), 0
     model.train()
-    while step < recipe.total_steps:
-        stage = recipe.stage_at(step)
-        for micro in range(accumulation):
-            inputs = batches(step * accumulation + micro, stage)
-            inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
+    for stage, _, end in recipe.stage_spans():
+        if step >= end:
+            continue
+        loader = accelerator.prepare(data.loader(stage, step * accumulation, end * accumulation))
+        for micro, inputs in enumerate(loader, start=1):
             with accelerator.accumulate(model):
                 loss = model(**inputs, return_loss=True).loss
                 accelerator.backward(loss)
@@ -411,27 +435,30 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             seen += inputs["input_ids"].shape[0] * accelerator.num_processes
-        step += 1
-        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
-        record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "stage": stage.name}
-        history.append(record)
-        accelerator.log({k: v for k, v in record.items() if k != "stage"}, step=step)
-        images_per_second = seen / (time.perf_counter() - started)
-        progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{images_per_second:.0f}")
-        progress.update(1)
-        if recipe.eval_every and step % recipe.eval_every == 0 and step < recipe.total_steps:
-            history.append({"step": step, **_evaluate_main(accelerator, model, processor, test_pairs, zero_shot_set,
-                                                          templates)})
-        if recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
-            save_checkpoint(accelerator, output, step, history, recipe.keep_checkpoints)
-        if stop_after_step is not None and step >= stop_after_step:
-            accelerator.print(f"Stopping after step {step} as asked (simulated interruption)")
-            accelerator.end_training()
-            return {}
+            if micro % accumulation:
+                continue
+            step += 1
+            loss_value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+            record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "stage": stage.name}
+            history.append(record)
+            accelerator.log({k: v for k, v in record.items() if k != "stage"}, step=step)
+            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{record['lr']:.2e}",
+                                 img_s=f"{seen / (time.perf_counter() - started):.0f}")
+            progress.update(1)
+            if recipe.eval_every and step % recipe.eval_every == 0 and step < recipe.total_steps:
+                history.append({"step": step, "minutes": (time.perf_counter() - began) / 60,
+                                **_evaluate_main(accelerator, model, processor, test_pairs, zero_shot_set, templates)})
+            if recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
+                save_checkpoint(accelerator, output, step, history, recipe.keep_checkpoints)
+            if stop_after_step is not None and step >= stop_after_step:
+                accelerator.print(f"Stopping after step {step} as asked (simulated interruption)")
+                loader.end()
+                accelerator.end_training()
+                return {}
     progress.close()
 
     results = _evaluate_main(accelerator, model, processor, test_pairs, zero_shot_set, templates)
-    history.append({"step": step, **results})
+    history.append({"step": step, "minutes": (time.perf_counter() - began) / 60, **results})
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(output)
@@ -442,7 +469,6 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
         print(format_table(results) if results else "No held-out evaluation sets for this data source")
     accelerator.end_training()
     return results
-
 
 def _evaluate_main(accelerator, model, processor, test_pairs, zero_shot_set, templates) -> dict:
     """Evaluate on the main process only (the held-out sets are small), then broadcast to keep processes in step."""
@@ -483,16 +509,17 @@ def main(argv=None):
     parser.add_argument("--recipe", default="recipe-unicl-tiny.json", help="recipe JSON (a path or a shipped name)")
     parser.add_argument("--output", required=True, help="folder for checkpoints, logs, plots and the final model")
     parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
-    parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION)
     parser.add_argument("--gradient_checkpointing", action="store_true", default=None)
     parser.add_argument("--batch_size", type=int, default=None, help="global batch size (overrides the recipe)")
+    parser.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (overrides the recipe)")
     parser.add_argument("--stop_after_step", type=int, default=None, help="stop early (to test resuming)")
     parser.add_argument("--log_with", default="tensorboard", help="tensorboard, csv-only (none) or another tracker")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
     recipe = Recipe.from_file(
         args.recipe, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, num_workers=args.num_workers,
     )
     train(recipe, args.output, args.resume_from_checkpoint, args.stop_after_step,
           None if args.log_with == "none" else args.log_with)

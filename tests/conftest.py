@@ -23,3 +23,12 @@ def write_video(path, frames=12, size=(48, 64), rate=10):
 @pytest.fixture
 def video_writer():
     return write_video
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one mixed precision per process; tests that train with their own reset it afterwards."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()

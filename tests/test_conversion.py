@@ -1,6 +1,7 @@
 """Conversion parity: converted Florence towers reproduce the peers' own implementations on random weights."""
 
 import pytest
+from safetensors.torch import load_file, save_file
 import timm
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, SwinConfig, SwinModel
@@ -147,3 +148,71 @@ def test_clip_text_from_open_clip_matches(tmp_path):
         expected = reference(input_ids)
         actual = model(input_ids=input_ids).pooler_output @ reference.text_projection
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+def swin_variant(tmp_path, path, name, edit) -> str:
+    weights = torch.load(path, weights_only=True)
+    edit(weights)
+    torch.save(weights, tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_swin_conversion_refuses_missing_blocks_and_inconsistent_heads(tmp_path, timm_swin_checkpoint):
+    _, path = timm_swin_checkpoint
+
+    def drop(prefix):
+        return lambda weights: [weights.pop(key) for key in [k for k in weights if k.startswith(prefix)]]
+
+    def fewer_heads(weights):
+        weights["layers.2.blocks.1.attn.relative_position_bias_table"] = torch.zeros(169, 6)
+
+    cases = {"gap.pth": (drop("layers.2.blocks.3."), r"no block of stage 2 numbered \[3\]"),
+             "three-stages.pth": (drop("layers.3."), r"final norm is 768 wide but the 3 stages found end at 384"),
+             "heads.pth": (fewer_heads, r"Inconsistent head counts in stage 2: .*1: 6")}
+    for name, (edit, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            convert_swin(swin_variant(tmp_path, path, name, edit))
+    # The command line exits non-zero with the reason, and writes nothing.
+    with pytest.raises(SystemExit, match=r"error: .*no block of stage 2") as exited:
+        convert_swin_main(["--checkpoint", str(tmp_path / "gap.pth"), "--output", str(tmp_path / "out")])
+    assert exited.value.code != 0 and not (tmp_path / "out").exists()
+
+
+def test_swin_folder_whose_config_disagrees_with_its_weights_is_refused(tmp_path):
+    import json
+
+    config = SwinConfig(embed_dim=48, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], window_size=7)
+    SwinModel(config).save_pretrained(tmp_path / "hf")
+    declared = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**declared, "num_heads": [3, 6, 12, 12]}))
+    with pytest.raises(ValueError, match=r"Inconsistent num_heads: the weights .* give \[3, 6, 12, 24\]"):
+        convert_swin(tmp_path / "hf")
+
+
+def test_converters_exit_non_zero_when_they_wrote_nothing(tmp_path, timm_swin_checkpoint):
+    _, path = timm_swin_checkpoint
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    with pytest.raises(SystemExit, match="nothing was written") as exited:
+        convert_swin_main(["--checkpoint", str(path), "--output", str(tmp_path / "taken")])
+    assert exited.value.code != 0
+
+
+def test_clip_text_conversion_refuses_missing_layers_and_inconsistent_heads(tmp_path):
+    import json
+
+    config = CLIPTextConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                            num_attention_heads=4, max_position_embeddings=20, eos_token_id=999, bos_token_id=998)
+    CLIPTextModel(config).save_pretrained(tmp_path / "clip")
+    with pytest.raises(ValueError, match=r"Inconsistent num_attention_heads: .* give 2 .* declares 4"):
+        convert_clip_text(tmp_path / "clip", num_attention_heads=2)
+    weights = load_file(tmp_path / "clip" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".layers.2." not in k}, tmp_path / "clip" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"Inconsistent num_hidden_layers: .* give 2 .* declares 3"):
+        convert_clip_text(tmp_path / "clip")
+    save_file({k: v for k, v in weights.items() if ".layers.1." not in k}, tmp_path / "gap.safetensors")
+    with pytest.raises(ValueError, match=r"no layer \[1\] \(found \[0, 2\]\)"):
+        convert_clip_text(tmp_path / "gap.safetensors")
+    with pytest.raises(SystemExit) as exited:
+        convert_clip_text_main(["--checkpoint", str(tmp_path / "gap.safetensors"), "--output", str(tmp_path / "o")])
+    assert exited.value.code != 0 and not (tmp_path / "o").exists()
+    assert json.loads((tmp_path / "clip" / "config.json").read_text())["num_hidden_layers"] == 3

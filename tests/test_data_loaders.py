@@ -29,16 +29,25 @@ def write_corrupt(path):
     return path
 
 
+def write_truncated_jpeg(path):
+    """A JPEG cut in half: `Image.verify` accepts it, only a full decode finds it broken."""
+    buffer = io.BytesIO()
+    Image.effect_noise((48, 48), 80).convert("RGB").save(buffer, format="JPEG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path
+
+
 def test_image_folder(tmp_path):
     write_image(tmp_path / "circle" / "a.png")
     write_image(tmp_path / "circle" / "b.png")
     write_image(tmp_path / "square" / "c.jpg")
     write_corrupt(tmp_path / "square" / "broken.png")
-    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+    with pytest.warns(UserWarning, match=r"skipped 1 of 4 rows \(unreadable image: 1"):
         data = load_image_folder(tmp_path)
     assert data.features["label"].names == ["circle", "square"] and data["label"] == [0, 0, 1]
     assert data[0]["image"].size == (24, 20)
-    with pytest.raises(ValueError, match="broken.png cannot be read"):
+    with pytest.raises(ValueError, match="broken.png: unreadable image"):
         load_image_folder(tmp_path, strict=True)
 
 
@@ -64,7 +73,7 @@ def test_pairs_from_tables(tmp_path, source):
     assert data["text"] == ["a red box", "blue"] and data["is_label"] == [False, True]
     with pytest.raises(ValueError, match=r"no column\(s\) \['text'\]; columns found: \['caption', 'file', 'short'\]"):
         load_image_text_pairs(source, table, image_column="file")
-    with pytest.raises(ValueError, match="3.png cannot be read"):
+    with pytest.raises(ValueError, match=r"line \d \(.*3.png\): unreadable image"):
         load_image_text_pairs(source, table, image_column="file", text_column="caption", strict=True)
 
 
@@ -141,7 +150,7 @@ def test_video_folder(tmp_path, video_writer):
     video_writer(tmp_path / "b.mp4", frames=6)
     (tmp_path / "c.mp4").write_text("not a video")
     (tmp_path / "labels.csv").write_text("path,label\na.mp4,waving\nb.mp4,jumping\nc.mp4,waving\n")
-    with pytest.warns(UserWarning, match="skipped 1 unreadable video"):
+    with pytest.warns(UserWarning, match=r"skipped 1 of 3 rows \(unreadable video: 1"):
         data = load_video_folder(tmp_path, tmp_path / "labels.csv")
     assert data.features["label"].names == ["jumping", "waving"] and data["caption"] == ["waving", "jumping"]
     decoded = load_video_folder(tmp_path, tmp_path / "labels.csv", decode=True, num_frames=4, strict=False)
@@ -150,3 +159,60 @@ def test_video_folder(tmp_path, video_writer):
         load_video_folder(tmp_path, tmp_path / "labels.csv", strict=True)
     with pytest.raises(ValueError, match="no column"):
         load_video_folder(tmp_path, tmp_path / "labels.csv", label_column="action")
+
+
+def test_truncated_images_are_decoded_fully_and_skipped(tmp_path):
+    write_image(tmp_path / "circle" / "a.png")
+    write_truncated_jpeg(tmp_path / "circle" / "cut.jpg")
+    with pytest.warns(UserWarning, match=r"skipped 1 of 2 rows \(unreadable image: 1; e.g. .*cut.jpg"):
+        assert len(load_image_folder(tmp_path)) == 1
+    with pytest.raises(ValueError, match=r"cut.jpg: unreadable image \(image file is truncated"):
+        load_image_folder(tmp_path, strict=True)
+
+
+def test_rows_without_a_usable_caption_are_skipped_and_counted(tmp_path):
+    write_image(tmp_path / "a.png")
+    lines = [json.dumps({"image": "a.png", "text": text}).encode() for text in ("kept", None, 5, "  ", ["a"])]
+    lines.append(b'{"image": "a.png", "text": "caf\xe9 in latin-1"}')  # not UTF-8
+    lines.append(json.dumps({"image": None, "text": "no image"}).encode())
+    (tmp_path / "pairs.jsonl").write_bytes(b"\n".join(lines))
+    with pytest.warns(UserWarning) as caught:
+        data = load_image_text_pairs("jsonl", tmp_path / "pairs.jsonl")
+    assert data["text"] == ["kept"]
+    message = str(caught[0].message)
+    assert "skipped 6 of 7 rows" in message and "caption not valid UTF-8: 1" in message
+    assert "no caption (null, empty or not a string: None): 1" in message and "no image path (None): 1" in message
+    with pytest.raises(ValueError, match=r"line 2: no caption \(null"):
+        load_image_text_pairs("jsonl", tmp_path / "pairs.jsonl", strict=True)
+    (tmp_path / "pairs.csv").write_bytes(b"image,text\na.png,kept\na.png,\na.png,caf\xe9\n")
+    with pytest.warns(UserWarning, match=r"skipped 2 of 3 rows"):
+        assert load_image_text_pairs("csv", tmp_path / "pairs.csv")["text"] == ["kept"]
+
+
+@pytest.mark.parametrize("source, content, where", [
+    ("jsonl", '{"image": "a.png", "text": "ok"}\n{"image": "a.png", "text": \n', r"pairs.jsonl:2: malformed JSON"),
+    ("jsonl", '{"image": "a.png", "text": "ok"}\n\n["a.png", "x"]\n', r"pairs.jsonl:3: a row must be a JSON object"),
+    ("csv", "image,text\na.png,ok\na.png,one,extra\n", r"pairs.csv:3: malformed row, not the 2 fields"),
+    ("csv", "image,text\na.png\n", r"pairs.csv:2: malformed row"),
+])
+def test_malformed_table_rows_name_the_file_and_line(tmp_path, source, content, where):
+    write_image(tmp_path / "a.png")
+    (tmp_path / f"pairs.{source}").write_text(content)
+    with pytest.raises(ValueError, match=where):
+        load_image_text_pairs(source, tmp_path / f"pairs.{source}")
+
+
+def test_webdataset_captions_that_are_not_text_are_skipped(tmp_path):
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as archive:
+        add_member(archive, "a.png", png_bytes((255, 0, 0)))
+        add_member(archive, "a.txt", b"red")
+        add_member(archive, "b.png", png_bytes((0, 255, 0)))
+        add_member(archive, "b.txt", b"gr\xfcn")  # latin-1, not UTF-8
+        add_member(archive, "c.png", png_bytes((0, 0, 255)))
+        add_member(archive, "c.json", json.dumps({"caption": None}).encode())
+        add_member(archive, "d.png", png_bytes((0, 0, 255)))
+        add_member(archive, "d.json", b"{not json")
+    with pytest.warns(UserWarning, match=r"skipped 3 of 4 rows \(caption not valid UTF-8: 1, no caption"):
+        assert load_image_text_pairs("webdataset", tmp_path)["text"] == ["red"]
+    with pytest.raises(ValueError, match="shard-0.tar:b: caption not valid UTF-8"):
+        load_image_text_pairs("webdataset", tmp_path, strict=True)
