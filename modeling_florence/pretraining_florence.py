@@ -30,6 +30,7 @@ from accelerate.utils import set_seed
 from datasets import IterableDataset
 from transformers import get_cosine_schedule_with_warmup
 
+from .model_card import write_model_card
 from .evaluation_florence import format_table, image_text_retrieval, zero_shot_classification
 from .modeling_florence import FlorenceModel
 from .processing_florence import FlorenceProcessor, text_labels
@@ -318,6 +319,12 @@ def resolve_mixed_precision(requested: str) -> tuple[str, str]:
     return requested, f"Mixed precision: {'fp32' if requested == 'no' else requested}{native}"
 
 
+def dataset_name(data: dict) -> str:
+    """The data set a model card names: Florence Shapes, or the source's path."""
+    source = data.get("source", "shapes")
+    return "florence-shapes" if source == "shapes" else str(data.get("path", source))
+
+
 def evaluate(model, processor, test_pairs, zero_shot_set, templates, limit: int = 1000) -> dict[str, float]:
     """Zero-shot top-1/top-5 on held-out single-object images, and R@K on held-out pairs with distinct captions."""
     model.eval()
@@ -464,6 +471,8 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
         unwrapped.save_pretrained(output)
         processor.save_pretrained(output)
         (output / "eval_results.json").write_text(json.dumps(results, indent=2))
+        write_model_card(output, results=results, datasets=[dataset_name(recipe.data)],
+                         description="florence-tiny pretrained from scratch with UniCL on Florence Shapes by `make demo`.")
         _write_history(history, output / "metrics.csv")
         plot_history(history, output / "training_curves.png")
         print(format_table(results) if results else "No held-out evaluation sets for this data source")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from huggingface_hub import ModelCard
 from transformers import AutoModel, pipeline
 
 from modeling_florence import FlorenceModel
@@ -66,6 +67,9 @@ def test_saved_model_loads_with_auto_classes_and_pipeline(tmp_path):
     output = tmp_path / "run"
     assert (output / "training_curves.png").stat().st_size > 1000
     assert json.loads((output / "eval_results.json").read_text()) == results
+    card = ModelCard.load(output / "README.md")  # the card reports exactly the run's own results
+    assert card.data.library_name == "transformers" and card.data.datasets == ["florence-shapes"]
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == pytest.approx(results)
     assert losses(output) and all(math.isfinite(loss) for loss in losses(output).values())
     assert isinstance(AutoModel.from_pretrained(output), FlorenceModel)
     assert load_file(output / "model.safetensors")["logit_scale"].dtype == torch.float32
