@@ -99,13 +99,16 @@ def check_declared(config, declared: dict, keys: tuple[str, ...], source: str) -
                              f"declares {declared[key]}; refusing to convert a different model")
 
 
-def write_converted(model, output: str | Path) -> None:
-    """`save_pretrained`, then exit non-zero when no weights were written (e.g. `output` is an existing file, which
-    `save_pretrained` only logs)."""
+def write_converted(model, output: str | Path, checkpoint: str | Path | None = None) -> None:
+    """`save_pretrained` and a model card naming the source checkpoint, then exit non-zero when no weights were
+    written (e.g. `output` is an existing file, which `save_pretrained` only logs)."""
+    from modeling_florence.model_card import write_model_card
+
     model.save_pretrained(output)
     output = Path(output)
     if not (output / "config.json").is_file() or not any(output.glob("model*.safetensors")):
         sys.exit(f"error: nothing was written to {output}")
+    write_model_card(output, base_model=Path(checkpoint).name if checkpoint else None)
 
 
 def run_converter(convert, *args, **kwargs):

@@ -148,7 +148,7 @@ def main(argv=None):
         layer_norm_eps=args.layer_norm_eps,
         num_attention_heads=args.num_attention_heads,
     )
-    write_converted(model, args.output)
+    write_converted(model, args.output, args.checkpoint)
     config = model.config
     print(
         f"Wrote {args.output}: width={config.hidden_size} layers={config.num_hidden_layers} "

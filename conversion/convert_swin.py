@@ -184,7 +184,7 @@ def main(argv=None):
     model = run_converter(
         convert_swin, args.checkpoint, args.format, image_size=args.image_size, drop_path_rate=args.drop_path_rate
     )
-    write_converted(model, args.output)
+    write_converted(model, args.output, args.checkpoint)
     config = model.config
     print(
         f"Wrote {args.output}: Swin embed_dim={config.embed_dim} depths={config.depths} heads={config.num_heads} "

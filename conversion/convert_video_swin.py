@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from conversion.checkpoint_io import write_converted  # noqa: E402
 from modeling_florence.configuration_florence_video import FlorenceVideoConfig, FlorenceVideoVisionConfig  # noqa: E402
 from modeling_florence.modeling_florence_video import (  # noqa: E402
     FlorenceForVideoClassification,
@@ -187,7 +188,7 @@ def main(argv=None):
     if args.num_frames:
         overrides["num_frames"] = args.num_frames
     model = convert(state_dict, **overrides)
-    model.save_pretrained(args.output)
+    write_converted(model, args.output, args.checkpoint)
     params = sum(p.numel() for p in model.parameters())
     print(f"Wrote {type(model).__name__} ({params / 1e6:.1f}M parameters) to {args.output}")
 

@@ -61,6 +61,7 @@ def test_swin_official_layout_and_cli(timm_swin_checkpoint, tmp_path):
     official_path = tmp_path / "unicl.pth"
     torch.save({"model": official}, official_path)
     convert_swin_main(["--checkpoint", str(official_path), "--output", str(tmp_path / "out")])
+    assert "base_model: " + official_path.name in (tmp_path / "out" / "README.md").read_text()
     model = FlorenceVisionModel.from_pretrained(tmp_path / "out").eval()
     pixel_values = torch.randn(1, 3, 224, 224)
     with torch.no_grad():

@@ -294,6 +294,9 @@ def test_mmaction_checkpoint_converts_like_torchvision(tmp_path):
     assert convert_state_dict({"state_dict": mmaction}).keys() == convert_state_dict(reference.state_dict()).keys()
     torch.save({"state_dict": mmaction}, tmp_path / "video_swin.pth")
     convert_main(["--checkpoint", str(tmp_path / "video_swin.pth"), "--output", str(tmp_path / "converted")])
+    from huggingface_hub import ModelCard
+
+    assert ModelCard.load(tmp_path / "converted" / "README.md").data.base_model == "video_swin.pth"
     model = AutoModelForVideoClassification.from_pretrained(tmp_path / "converted").eval()
     clip = torch.randn(1, 3, 8, 56, 56)
     with torch.no_grad():
