@@ -32,6 +32,7 @@ MODEL_AUTO_CLASSES = (
     "AutoModelForZeroShotObjectDetection",
     "AutoModelForVisualQuestionAnswering",
     "AutoModelForVideoClassification",
+    "AutoModelForPreTraining",
 )
 PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja")
