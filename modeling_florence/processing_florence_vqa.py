@@ -175,8 +175,35 @@ class FlorenceVQAProcessor(FlorenceProcessor):
 __all__ = [
     "FlorenceVQAProcessor",
     "build_answer_vocabulary",
+    "mask_tokens",
     "normalize_answer",
     "post_process_vqa",
     "soft_scores",
     "score_from_votes",
 ]
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mask_token_id: int, vocab_size: int,
+                special_ids: Iterable[int] = (), probability: float = 0.15,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's MLM corruption: each real, non-special token is chosen with `probability`; of those 80% become
+    `mask_token_id`, 10% a random token, 10% stay. Returns `(masked input_ids, mlm_labels)` with the original ids at
+    the chosen positions and -100 elsewhere (the inputs of `FlorenceForVisionLanguagePretraining`)."""
+    if mask_token_id is None:
+        raise ValueError("mask_token_id is required for MLM masking (the CLIP vocabulary has none: set "
+                         "config.mask_token_id to an id the texts do not use)")
+    if not 0 < probability < 1:
+        raise ValueError(f"probability must be in (0, 1), got {probability}")
+    candidates = torch.ones_like(input_ids, dtype=torch.bool)
+    if attention_mask is not None:
+        candidates &= attention_mask.bool()
+    for special in special_ids:
+        candidates &= input_ids != special
+    draw = torch.rand(input_ids.shape, generator=generator)
+    chosen = candidates & (draw < probability)
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    action = torch.rand(input_ids.shape, generator=generator)
+    masked = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    masked = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, masked)
+    return masked, labels
