@@ -490,3 +490,52 @@ def test_a_tiny_model_learns_to_answer_from_the_image():
     with torch.no_grad():
         predicted = [r[0]["answer"] for r in processor.post_process_vqa(model(**batch))]
     assert predicted == names
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hub export: the VQA folder answers questions with the package blocked
+# ----------------------------------------------------------------------------------------------------------------------
+REMOTE_VQA = r"""
+import json, sys
+sys.modules["modeling_florence"] = None
+import torch
+from PIL import Image
+from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
+folder = sys.argv[1]
+model = AutoModelForVisualQuestionAnswering.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+images = [Image.new("RGB", (40, 36), (30 * i, 90, 200)) for i in range(2)]
+inputs = processor(text=["is there a red circle?", "how many shapes?"], images=images)
+with torch.no_grad():
+    answers = processor.post_process_vqa(model(**inputs), top_k=2)
+print("RESULT" + json.dumps({"model": type(model).__name__, "processor": type(processor).__name__, "answers": answers}))
+"""
+
+
+def test_exported_vqa_folder_answers_without_the_package(processor, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "conversion"))
+    from export_for_hub import main as export_main
+
+    model = build(num_labels=5, id2label=dict(enumerate(processor.answer_vocabulary)))
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    assert export_main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "hub")]) == 0
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForVisualQuestionAnswering"] == "modeling_florence_vqa.FlorenceForVQA"
+    result = subprocess.run([sys.executable, "-c", REMOTE_VQA, str(tmp_path / "hub")], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads(result.stdout.split("RESULT", 1)[1])
+    assert remote["model"] == "FlorenceForVQA" and remote["processor"] == "FlorenceVQAProcessor"
+    inputs = processor(text=["is there a red circle?", "how many shapes?"], images=images(2))
+    with torch.no_grad():
+        local = processor.post_process_vqa(model(**inputs), top_k=2)
+    assert [[a["answer"] for a in row] for row in remote["answers"]] == [[a["answer"] for a in row] for row in local]
+    for remote_row, local_row in zip(remote["answers"], local):
+        for r, l in zip(remote_row, local_row):
+            assert math.isclose(r["score"], l["score"], rel_tol=1e-4, abs_tol=1e-5)
