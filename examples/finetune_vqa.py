@@ -63,17 +63,19 @@ def preprocess(dataset, processor, max_length: int = 32, batch_size: int = 256) 
         rows = dataset[start : start + batch_size]
         out = processor(text=rows["question"], images=rows["image"], answers=rows["answers"], padding="max_length",
                         max_length=max_length)
+        out["pixel_values"] = out["pixel_values"].half()  # half the memory; the image tower casts to its dtype
         for key in ("pixel_values", "input_ids", "attention_mask", "labels"):
             columns[key].append(out[key])
     return TensorDataset({key: torch.cat(values) for key, values in columns.items()})
 
 
-def trim_padding(dataset: TensorDataset) -> TensorDataset:
-    """Drop the padding columns no question uses (fewer text tokens, faster fusion)."""
-    length = int(dataset.columns["attention_mask"].sum(1).max())
-    for key in ("input_ids", "attention_mask"):
-        dataset.columns[key] = dataset.columns[key][:, :length]
-    return dataset
+def trim_padding(*datasets: TensorDataset) -> tuple[TensorDataset, ...]:
+    """Drop the padding columns no question of any split uses (fewer text tokens, faster fusion)."""
+    length = max(int(dataset.columns["attention_mask"].sum(1).max()) for dataset in datasets)
+    for dataset in datasets:
+        for key in ("input_ids", "attention_mask"):
+            dataset.columns[key] = dataset.columns[key][:, :length]
+    return datasets
 
 
 def blind_baseline(train, test) -> dict[str, float]:
@@ -102,11 +104,12 @@ def make_compute_metrics(test, vocabulary):
     return compute_metrics
 
 
-def training_arguments(args, output: Path, steps: int, learning_rate: float) -> TrainingArguments:
+def training_arguments(args, output: Path, steps: int, learning_rate: float, eval_every: int = 0) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(output), max_steps=steps, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=256, learning_rate=learning_rate, weight_decay=0.01, warmup_steps=int(0.1 * steps),
-        lr_scheduler_type="cosine", logging_steps=max(1, steps // 10), save_strategy="no", eval_strategy="no",
+        lr_scheduler_type="cosine", logging_steps=max(1, steps // 10), save_strategy="no",
+        eval_strategy="steps" if eval_every else "no", eval_steps=eval_every or None,
         report_to=[], dataloader_num_workers=0, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
         seed=args.seed, disable_tqdm=True, max_grad_norm=1.0,
     )
@@ -124,6 +127,22 @@ class MLMCollator:
             batch["input_ids"], batch["attention_mask"], self.mask_token_id, self.vocab_size, self.special_ids
         )
         return batch
+
+
+def optimizer_for(model, learning_rate: float, tower_lr_scale: float, weight_decay: float = 0.01):
+    """AdamW with the pretrained towers at `tower_lr_scale` x the learning rate of the new fusion layers and head
+    (METER trains its heads and fusion faster than the unimodal encoders); no decay on biases and norms."""
+    groups = {}
+    for name, parameter in model.named_parameters():
+        tower = name.startswith(("vision_model.", "text_model."))
+        decay = parameter.ndim > 1 and "embedding" not in name
+        key = (tower, decay)
+        groups.setdefault(key, []).append(parameter)
+    return torch.optim.AdamW([
+        {"params": params, "lr": learning_rate * (tower_lr_scale if tower else 1.0),
+         "weight_decay": weight_decay if decay else 0.0}
+        for (tower, decay), params in groups.items()
+    ], lr=learning_rate)
 
 
 def pretrain_fusion(args, model_kwargs, train_pairs: TensorDataset, output: Path, tokenizer):
@@ -153,16 +172,19 @@ def main(argv=None):
     parser.add_argument("--data", choices=("shapes", "vqav2"), default="shapes")
     parser.add_argument("--questions"), parser.add_argument("--annotations"), parser.add_argument("--images")
     parser.add_argument("--split", default="val2014")
-    parser.add_argument("--num-train", type=int, default=6000)
+    parser.add_argument("--num-train", type=int, default=10000)
     parser.add_argument("--num-test", type=int, default=1000)
     parser.add_argument("--shapes-image-size", type=int, default=96, help="rendered Shapes image size")
     parser.add_argument("--image-size", type=int, default=64, help="model input resolution")
     parser.add_argument("--top-answers", type=int, default=3129)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=3e-4, help="fusion layers and head")
+    parser.add_argument("--tower-lr-scale", type=float, default=0.3,
+                        help="learning-rate factor of pretrained towers (1 when they start from their init)")
     parser.add_argument("--pretrain-steps", type=int, default=0, help="ITM + MLM fusion pretraining steps first")
     parser.add_argument("--mask-token-id", type=int, default=0, help="MLM stand-in mask id ('!' in the CLIP vocab)")
+    parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: at the end only)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -172,9 +194,7 @@ def main(argv=None):
     train, test = load_data(args)
     vocabulary = mf.build_answer_vocabulary(train["answers"], top_n=args.top_answers)
     processor = mf.FlorenceVQAProcessor.from_defaults(image_size=args.image_size, answer_vocabulary=vocabulary)
-    train_set, test_set = trim_padding(preprocess(train, processor)), preprocess(test, processor)
-    test_set.columns["input_ids"] = test_set.columns["input_ids"][:, : train_set.columns["input_ids"].shape[1]]
-    test_set.columns["attention_mask"] = test_set.columns["attention_mask"][:, : train_set.columns["input_ids"].shape[1]]
+    train_set, test_set = trim_padding(preprocess(train, processor), preprocess(test, processor))
     print(f"{len(train_set)} training / {len(test_set)} test questions, {len(vocabulary)} answers, answers outside "
           f"the vocabulary dropped: {processor.answer_counts['dropped']} of "
           f"{sum(processor.answer_counts.values())} ({time.perf_counter() - start:.0f}s)")
@@ -191,9 +211,11 @@ def main(argv=None):
         print("No --florence folder: the towers start from their init (random weights).")
         model = mf.FlorenceForVQA(mf.load_preset(args.preset, **labels))
 
+    tower_lr_scale = args.tower_lr_scale if (args.florence or args.pretrain_steps) else 1.0
     trainer = Trainer(
-        model=model, args=training_arguments(args, output / "trainer", args.steps, args.learning_rate),
+        model=model, args=training_arguments(args, output / "trainer", args.steps, args.learning_rate, args.eval_every),
         train_dataset=train_set, eval_dataset=test_set, compute_metrics=make_compute_metrics(test, vocabulary),
+        optimizers=(optimizer_for(model, args.learning_rate, tower_lr_scale), None),
     )
     train_start = time.perf_counter()
     trainer.train()

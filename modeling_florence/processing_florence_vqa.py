@@ -95,6 +95,16 @@ def post_process_vqa(outputs, id2label: dict[int, str], top_k: int = 1) -> list[
     ]
 
 
+def as_image_list(images) -> list:
+    """One image (path, PIL image, `(C, H, W)` / `(H, W, C)` array) -> `[image]`; a batch (list, `datasets`
+    column, `(B, ...)` array) -> a list of its images."""
+    if isinstance(images, (str, bytes)) or not hasattr(images, "__len__") or getattr(images, "ndim", 4) == 3:
+        return [images]
+    if hasattr(images, "ndim") and images.ndim != 4:
+        raise ValueError(f"images as an array must be (C, H, W) or (B, C, H, W), got shape {tuple(images.shape)}")
+    return list(images)
+
+
 class FlorenceVQAProcessor(FlorenceProcessor):
     """`FlorenceProcessor` for VQA: images + questions -> `pixel_values`, `input_ids`, `attention_mask`, and with
     `answers` (one list of annotator answers per question) `labels` = soft scores over `answer_vocabulary`.
@@ -138,7 +148,8 @@ class FlorenceVQAProcessor(FlorenceProcessor):
             if empty:
                 raise ValueError(f"Question(s) {empty} are empty: every question needs some text")
             if images is not None:
-                count = 1 if not isinstance(images, (list, tuple)) else len(images)
+                images = as_image_list(images)
+                count = len(images)
                 if count != len(questions):
                     raise ValueError(f"Got {count} images but {len(questions)} questions: pass one image per question")
         elif answers is not None:

@@ -539,3 +539,13 @@ def test_exported_vqa_folder_answers_without_the_package(processor, tmp_path):
     for remote_row, local_row in zip(remote["answers"], local):
         for r, l in zip(remote_row, local_row):
             assert math.isclose(r["score"], l["score"], rel_tol=1e-4, abs_tol=1e-5)
+
+
+def test_processor_reads_one_image_and_datasets_columns(processor):
+    from datasets import Dataset, Image as ImageFeature
+
+    single = processor(text="what colour is it?", images=images(1)[0], answers=[["red"] * 10])
+    assert single["pixel_values"].shape[0] == 1 and single["labels"][0, 2] == 1.0
+    table = Dataset.from_dict({"image": images(3), "question": ["a?", "b?", "c?"]}).cast_column("image", ImageFeature())
+    out = processor(text=table["question"], images=table["image"])  # `datasets` columns, not lists
+    assert out["pixel_values"].shape[0] == 3
