@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench demo demo-video demo-detection app clean
+.PHONY: install test bench demo demo-video demo-detection demo-vqa app clean
 
 install: $(STAMP)
 
@@ -24,11 +24,19 @@ bench: install
 	$(PY) bench/bench_pretrain.py
 	$(PY) bench/bench_video.py
 	$(PY) bench/bench_detection.py
+	$(PY) bench/bench_vqa.py
 
 # The main job: generate Florence Shapes, pretrain florence-tiny with UniCL, evaluate held-out zero-shot accuracy
 # and retrieval, save the model and its processor to outputs/florence-tiny-shapes.
 demo: install
 	$(PY) examples/pretrain_unicl.py --recipe configuration/recipe-unicl-tiny.json --output outputs/florence-tiny-shapes
+
+# VQA on the `make demo` model (run first when its folder is missing): METER fusion on its towers, fine-tuned with
+# Trainer on Florence Shapes VQA, evaluated on held-out questions (per question type, with a blind baseline), saved
+# with its processor to outputs/florence-vqa-tiny-shapes.
+demo-vqa: install
+	test -d outputs/florence-tiny-shapes || $(MAKE) demo
+	$(PY) examples/finetune_vqa.py --florence outputs/florence-tiny-shapes --output outputs/florence-vqa-tiny-shapes
 
 # The Gradio demo Space on the `make demo` model (FLORENCE_MODEL=folder-or-repo to change), http://127.0.0.1:7860.
 app: install

@@ -32,6 +32,7 @@ MODEL_AUTO_CLASSES = (
     "AutoModelForZeroShotObjectDetection",
     "AutoModelForVisualQuestionAnswering",
     "AutoModelForVideoClassification",
+    "AutoModelForPreTraining",
 )
 PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja")
@@ -64,6 +65,15 @@ def module_files(*classes: type) -> list[Path]:
     return sorted(files)
 
 
+def saved_processor_class(model_dir: Path) -> type:
+    """The Florence processor class a folder was saved with (e.g. `FlorenceVQAProcessor`, which keeps its answer
+    vocabulary), else `FlorenceProcessor`."""
+    path = model_dir / "processor_config.json"
+    name = json.loads(path.read_text()).get("processor_class", "") if path.is_file() else ""
+    candidate = getattr(modeling_florence, name, None)
+    return candidate if isinstance(candidate, type) and issubclass(candidate, FlorenceProcessor) else FlorenceProcessor
+
+
 def _update_json(path: Path, update) -> None:
     content = json.loads(path.read_text())
     update(content)
@@ -84,7 +94,7 @@ def export(model_dir: str | Path, output: str | Path, model_name: str | None = N
 
     model = model_class.from_pretrained(model_dir)
     model.save_pretrained(output)
-    processor = FlorenceProcessor.from_pretrained(model_dir)
+    processor = saved_processor_class(model_dir).from_pretrained(model_dir)
     processor.save_pretrained(output)
 
     processor_classes = [type(processor), type(processor.image_processor), type(processor.tokenizer)]

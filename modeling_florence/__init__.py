@@ -175,3 +175,45 @@ AutoModelForImageClassification._model_mapping.register(FlorenceConfig, Florence
 MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.setdefault(
     FlorenceVisionConfig.model_type, FlorenceForImageClassification.__name__
 )
+
+# ----------------------------------------------------------------------------------------------------------------------
+# METER adapter (VQA, fusion pretraining)
+# ----------------------------------------------------------------------------------------------------------------------
+from transformers import AutoModelForPreTraining, AutoModelForVisualQuestionAnswering  # noqa: E402
+
+from .configuration_florence_vqa import FlorenceVQAConfig  # noqa: E402
+from .modeling_florence_vqa import (  # noqa: E402
+    FlorenceForVisionLanguagePretraining,
+    FlorenceForVQA,
+    FlorenceFusionModel,
+    FlorenceFusionModelOutput,
+    FlorenceFusionPreTrainedModel,
+    FlorenceVisionLanguagePretrainingOutput,
+    FlorenceVQAOutput,
+)
+from .processing_florence_vqa import (  # noqa: E402
+    FlorenceVQAProcessor,
+    build_answer_vocabulary,
+    normalize_answer,
+    post_process_vqa,
+)
+
+
+def _register_vqa_auto_classes() -> None:
+    """`florence_vqa` with AutoConfig, AutoModel (the fusion model), the VQA and pretraining Auto classes, and the
+    processor/tokenizer/image-processor Auto classes (a VQA folder holds a Florence processor)."""
+    AutoConfig.register(FlorenceVQAConfig.model_type, FlorenceVQAConfig, exist_ok=True)
+    AutoModel.register(FlorenceVQAConfig, FlorenceFusionModel, exist_ok=True)
+    AutoModelForVisualQuestionAnswering.register(FlorenceVQAConfig, FlorenceForVQA, exist_ok=True)
+    AutoModelForPreTraining.register(FlorenceVQAConfig, FlorenceForVisionLanguagePretraining, exist_ok=True)
+    AutoImageProcessor.register(
+        FlorenceVQAConfig,
+        image_processor_classes={"torchvision": FlorenceImageProcessor, "pil": FlorenceImageProcessorPil},
+        exist_ok=True,
+    )
+    AutoProcessor.register(FlorenceVQAConfig, FlorenceVQAProcessor, exist_ok=True)
+    AutoTokenizer.register(FlorenceVQAConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
+    MODEL_MAPPING_NAMES.setdefault(FlorenceVQAConfig.model_type, FlorenceFusionModel.__name__)
+
+
+_register_vqa_auto_classes()

@@ -130,6 +130,9 @@ class FlorenceTextConfig(PreTrainedConfig):
     Configuration of the CLIP-style causal text transformer ([`FlorenceTextModel`]); field names follow
     `CLIPTextConfig`. Defaults are UniCL's released text tower: width 512, 12 layers, 8 heads, 77 positions and the
     CLIP BPE vocabulary (start 49406, end 49407).
+
+    `causal_attention=False` builds the tower with bidirectional self-attention (every token sees the whole text, as
+    BERT/RoBERTa): what a fusion model such as [`FlorenceForVQA`] needs. It is read when the model is built.
     """
 
     model_type = "florence_text"
@@ -150,6 +153,7 @@ class FlorenceTextConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     bos_token_id: int | None = 49406
     eos_token_id: int | None = 49407
+    causal_attention: bool = True
 
     def __post_init__(self, **kwargs):
         self.check_fields()

@@ -21,6 +21,8 @@ PIPELINE_TAGS = {
     "FlorenceForImageClassification": "image-classification",
     "FlorenceForObjectDetection": "object-detection",
     "FlorenceForVQA": "visual-question-answering",
+    "FlorenceFusionModel": "feature-extraction",
+    "FlorenceForVisionLanguagePretraining": "feature-extraction",
     "FlorenceVideoModel": "video-classification",
     "FlorenceVideoVisionModel": "feature-extraction",
     "FlorenceFusionModel": "feature-extraction",
@@ -93,6 +95,9 @@ def _describe(config: dict) -> list[tuple[str, str]]:
     if text:
         rows.append(("text tower", f"width {text.get('hidden_size')}, {text.get('num_hidden_layers')} layers, "
                                    f"{text.get('num_attention_heads')} heads"))
+    if config.get("model_type") == "florence_vqa":
+        rows.append(("fusion", f"METER co-attention, {config.get('num_fusion_layers')} layers per stream, width "
+                               f"{config.get('hidden_size')}, {config.get('num_attention_heads')} heads"))
     if config.get("id2label"):
         rows.append(("labels", str(len(config["id2label"]))))
     return rows

@@ -73,7 +73,8 @@ class FlorenceTextAttention(nn.Module):
         self.head_dim = self.embed_dim // self.num_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_dropout
-        self.is_causal = True
+        # Chosen at construction: causal (CLIP, the default) or bidirectional (a fusion model's text encoder).
+        self.is_causal = getattr(config, "causal_attention", True)
         factor = config.initializer_factor or 1.0
         in_std = self.embed_dim**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor
         self.q_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
@@ -94,7 +95,7 @@ class FlorenceTextAttention(nn.Module):
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         attention_interface = attention_function(self.config, output_attentions)
-        if attention_mask is None and attention_interface is eager_attention_forward:
+        if self.is_causal and attention_mask is None and attention_interface is eager_attention_forward:
             # Only fused kernels understand `is_causal`; the reference path needs the mask spelled out.
             attention_mask = torch.full((length, length), torch.finfo(query.dtype).min, dtype=query.dtype,
                                         device=query.device).triu_(1)
@@ -106,7 +107,7 @@ class FlorenceTextAttention(nn.Module):
             attention_mask,
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
-            is_causal=True,
+            is_causal=self.is_causal,
             **kwargs,
         )
         return self.out_proj(attn_output.reshape(batch, length, self.embed_dim)), attn_weights
@@ -220,7 +221,10 @@ def check_token_values(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
 
 
 class FlorenceTextModel(FlorencePreTrainedModel):
-    """CLIP-style causal pre-LN text transformer, pooled at the first end-of-text token."""
+    """CLIP-style causal pre-LN text transformer, pooled at the first end-of-text token.
+
+    With `config.causal_attention=False` the same tower attends bidirectionally (padding masked), as a fusion model's
+    text encoder does."""
 
     config_class = FlorenceTextConfig
     # The attribute holding the text tower in FlorenceModel: this class loads it from a two-tower folder.
@@ -249,7 +253,8 @@ class FlorenceTextModel(FlorencePreTrainedModel):
         self.embeddings.token_embedding = value
 
     def _attention_mask(self, attention_mask: torch.Tensor | None, length: int, dtype, device):
-        """Additive `(B, 1, L, L)` causal + padding mask, or None without a padding mask.
+        """Additive `(B, 1, L, L)` causal + padding mask (`(B, 1, 1, L)` padding only for a bidirectional tower), or
+        None without a padding mask.
 
         None lets SDPA run its fused causal kernel (`is_causal`); the eager path builds the causal mask itself. The
         choice depends on whether a mask was passed, never on its values, so the graph exports as one.
@@ -257,8 +262,10 @@ class FlorenceTextModel(FlorencePreTrainedModel):
         if attention_mask is None:
             return None
         min_value = torch.finfo(dtype).min
-        causal = torch.full((length, length), min_value, dtype=dtype, device=device).triu_(1)[None, None]
         padding = (1.0 - attention_mask[:, None, None, :].to(dtype)) * min_value
+        if not getattr(self.config, "causal_attention", True):
+            return padding
+        causal = torch.full((length, length), min_value, dtype=dtype, device=device).triu_(1)[None, None]
         return (causal + padding).clamp(min=min_value)
 
     def forward(

@@ -14,6 +14,9 @@ LoRA config adapts all of those the model has, and trains the model's task head 
 | `FlorenceVideoVisionModel` | qkv, proj, fc1, fc2 | - |
 | `FlorenceVideoModel` | all eight | visual_projection, text_projection |
 | `FlorenceForVideoClassification` | qkv, proj, fc1, fc2 | classifier |
+| `FlorenceFusionModel` | all eight (towers and co-attention layers) | - |
+| `FlorenceForVQA` | all eight | vqa_head |
+| `FlorenceForVisionLanguagePretraining` | all eight | itm_head, mlm_head |
 | `FlorenceForObjectDetection` | the towers' layers (all eight when open-vocabulary) | hidden_states_norms, fpn, dyhead, head |
 
 A model class declares its head in a `lora_modules_to_save` class attribute (adapters do; the table below covers the
@@ -39,6 +42,8 @@ DEFAULT_MODULES_TO_SAVE = {
     "FlorenceForVideoClassification": ("classifier",),
     # The detector's neck and head are new on a pretrained backbone: trained in full, the towers through LoRA.
     "FlorenceForObjectDetection": ("hidden_states_norms", "fpn", "dyhead", "head"),
+    "FlorenceForVQA": ("vqa_head",),
+    "FlorenceForVisionLanguagePretraining": ("itm_head", "mlm_head"),
 }
 # Layer types PEFT's LoRA can wrap.
 LORA_LAYER_TYPES = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.Embedding)

@@ -113,6 +113,23 @@ def tiny_video_classification_config():
 
 VIDEO_STATES = 1 + len(tiny_video_vision_config().depths)
 VIDEO_ATTENTIONS = sum(tiny_video_vision_config().depths)
+
+
+def tiny_vqa_config(**overrides):
+    """METER fusion on the tiny towers: 2 co-attention layers per stream, 5 answers, no dropout."""
+    config = dict(
+        vision_config=tiny_vision_config().to_dict(), text_config=tiny_text_config().to_dict(), hidden_size=32,
+        num_fusion_layers=2, num_attention_heads=4, intermediate_size=48, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, num_labels=5,
+    )
+    config.update(overrides)
+    return mf.FlorenceVQAConfig(**config)
+
+
+def pair_inputs(batch: int) -> dict:
+    return {**text_inputs(batch), **pixel_inputs(batch)}
+
+
 VISION_STATES = 1 + len(tiny_vision_config().depths)
 VISION_ATTENTIONS = sum(tiny_vision_config().depths)
 TEXT_STATES = 1 + tiny_text_config().num_hidden_layers
@@ -180,6 +197,39 @@ TESTERS: dict[str, ModelSpec] = {
         loss_inputs={"labels": torch.tensor([1, 3])},
     ),
 }
+
+# The METER adapter: towers as in FlorenceModel, plus the two fusion streams (fusion input + one state per layer; the
+# `attentions` of a stream are its self-attention maps, its cross-attention maps are in `cross_attentions`).
+FUSION_STATES = {
+    "vision_model_output": VISION_STATES,
+    "text_model_output": TEXT_STATES,
+    "text_fusion_output": 1 + tiny_vqa_config().num_fusion_layers,
+    "image_fusion_output": 1 + tiny_vqa_config().num_fusion_layers,
+}
+FUSION_ATTENTIONS = {
+    "vision_model_output": VISION_ATTENTIONS,
+    "text_model_output": TEXT_ATTENTIONS,
+    "text_fusion_output": tiny_vqa_config().num_fusion_layers,
+    "image_fusion_output": tiny_vqa_config().num_fusion_layers,
+}
+TESTERS.update({
+    "FlorenceFusionModel": ModelSpec(
+        tiny_vqa_config, pair_inputs, per_sample=("pooler_output",),
+        num_hidden_states=FUSION_STATES, num_attentions=FUSION_ATTENTIONS,
+    ),
+    "FlorenceForVQA": ModelSpec(
+        tiny_vqa_config, pair_inputs, per_sample=("logits", "pooler_output"),
+        num_hidden_states=FUSION_STATES, num_attentions=FUSION_ATTENTIONS,
+        loss_inputs={"labels": torch.tensor([[0.0, 0.3, 1.0, 0.0, 0.6], [1.0, 0.0, 0.0, 0.9, 0.0]])},
+    ),
+    # The loss samples ITM negatives with the global RNG: equal seeds give equal samples, so gradients compare.
+    "FlorenceForVisionLanguagePretraining": ModelSpec(
+        tiny_vqa_config, pair_inputs, per_sample=("itm_logits", "mlm_logits", "pooler_output"),
+        num_hidden_states=FUSION_STATES, num_attentions=FUSION_ATTENTIONS,
+        # ITM on sampled negatives and MLM on two masked positions, so every head takes part in the loss.
+        loss_inputs={"return_loss": True, "mlm_labels": torch.full((2, 9), -100).index_fill_(1, torch.tensor([2, 4]), 320)},
+    ),
+})
 
 
 def tiny_detection_config(**overrides):
