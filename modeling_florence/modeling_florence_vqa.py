@@ -304,6 +304,8 @@ def build_text_model(text_config) -> PreTrainedModel:
 
 class FlorenceFusionPreTrainedModel(PreTrainedModel):
     config_class = FlorenceVQAConfig
+    # The other fusion models' heads, left behind without a warning when one loads another's folder.
+    _keys_to_ignore_on_load_unexpected = [r"^vqa_head\.", r"^itm_head\.", r"^mlm_head\."]
     # No model here holds another under a prefix: the towers and `fusion` sit at the top of every fusion model, so
     # the models load each other's folders key for key.
     base_model_prefix = "florence_fusion"
