@@ -323,6 +323,29 @@ class FlorenceTextModel(FlorencePreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------------
 # Two-tower model
 # ----------------------------------------------------------------------------------------------------------------------
+def encode_pairs(model, pixel_values, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions):
+    """Both towers of a two-tower model (`vision_model`, `text_model`, `visual_projection`, `text_projection`): their
+    outputs and the L2-normalised projected features `(vision, text, vision_embeds, text_embeds)`. Shared by the image
+    and the video models."""
+    vision_outputs = model.vision_model(
+        pixel_values=pixel_values,
+        output_hidden_states=output_hidden_states,
+        output_attentions=output_attentions,
+        return_dict=True,
+    )
+    text_outputs = model.text_model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=output_hidden_states,
+        output_attentions=output_attentions,
+        return_dict=True,
+    )
+    vision_embeds = F.normalize(model.visual_projection(vision_outputs.pooler_output), dim=-1)
+    text_embeds = F.normalize(model.text_projection(text_outputs.pooler_output), dim=-1)
+    return vision_outputs, text_outputs, vision_embeds, text_embeds
+
+
 @dataclass
 class FlorenceOutput(ModelOutput):
     """
@@ -461,22 +484,9 @@ class FlorenceModel(FlorencePreTrainedModel):
                     f"got {tuple(labels.shape)}"
                 )
 
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
+        vision_outputs, text_outputs, image_embeds, text_embeds = encode_pairs(
+            self, pixel_values, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions
         )
-        text_outputs = self.text_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        image_embeds = F.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
-        text_embeds = F.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
         scale = self.temperature()
         # The call's own (texts, images) scores: inference never communicates across processes.
         logits_per_text = scale * text_embeds @ image_embeds.t()

@@ -45,7 +45,7 @@ from .modeling_coswin import (
     resolve_output_flags,
 )
 from .loss_florence import global_batch_unicl_loss
-from .modeling_florence import FlorenceTextModel
+from .modeling_florence import FlorenceTextModel, encode_pairs
 
 Size3 = tuple[int, int, int]
 
@@ -827,22 +827,9 @@ class FlorenceVideoModel(FlorenceVideoPreTrainedModel):
         if return_loss and labels is not None and labels.shape != (input_ids.shape[0],):
             raise ValueError(f"labels must have shape ({input_ids.shape[0]},), got {tuple(labels.shape)}")
 
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
+        vision_outputs, text_outputs, video_embeds, text_embeds = encode_pairs(
+            self, pixel_values, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions
         )
-        text_outputs = self.text_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        video_embeds = F.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
-        text_embeds = F.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
         scale = self.temperature()
         logits_per_video = scale * video_embeds @ text_embeds.t()
         logits_per_text = logits_per_video.t()
