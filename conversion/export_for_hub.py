@@ -2,7 +2,9 @@
 
 The output is exactly what gets uploaded: safetensors weights, `config.json` with an `auto_map` entry for every Auto
 class the model serves, the flat `modeling_florence` modules the model and its processor import (and nothing else),
-the processor and tokenizer files with their own `auto_map`, and the model card. A machine without this package then
+the processing files of the model's task with their own `auto_map` (a detector: its detection image processor and,
+open-vocabulary, its tokenizer; a video classifier: its video processor; otherwise the saved processor, e.g.
+`FlorenceVQAProcessor`), and the model card. A machine without this package then
 loads it with `AutoModel.from_pretrained(repo, trust_remote_code=True)`, `AutoProcessor` and the task's pipeline.
 
     python conversion/export_for_hub.py --model outputs/florence-tiny-shapes --output hub/florence-tiny-shapes
@@ -16,10 +18,18 @@ import sys
 from pathlib import Path
 
 import transformers
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.video_processing_utils import BaseVideoProcessor
 
 import modeling_florence  # noqa: F401  (registers the Florence classes with the Auto classes)
-from modeling_florence import FlorenceProcessor
+from modeling_florence import (
+    FlorenceDetectionConfig,
+    FlorenceDetectionImageProcessor,
+    FlorenceDetectionTokenizer,
+    FlorenceForVideoClassification,
+    FlorenceProcessor,
+)
 from modeling_florence.model_card import load_results, write_model_card
 
 # Auto classes a Florence model can be served through; the export lists those whose mapping holds its config class.
@@ -74,6 +84,65 @@ def saved_processor_class(model_dir: Path) -> type:
     return candidate if isinstance(candidate, type) and issubclass(candidate, FlorenceProcessor) else FlorenceProcessor
 
 
+def processing_parts(model_dir: Path, model_class: type, config) -> list:
+    """What the Hub folder holds to prepare the model's inputs, per task, so the task's pipeline finds it:
+
+    - a detector: its `FlorenceDetectionImageProcessor` (aspect-keeping resize, padding, `pixel_mask`,
+      `post_process_object_detection`), and for an open-vocabulary one the `FlorenceDetectionTokenizer` (which the
+      zero-shot pipeline takes and the object-detection pipeline skips);
+    - a video classifier: its `FlorenceVideoProcessor` alone (the video-classification pipeline's input);
+    - every other model: the processor it was saved with (`FlorenceProcessor`, or `FlorenceVQAProcessor` with its
+      answer vocabulary)."""
+    if isinstance(config, FlorenceDetectionConfig):
+        parts = [FlorenceDetectionImageProcessor.from_pretrained(model_dir)]
+        if config.is_open_vocabulary:
+            saved = (model_dir / "tokenizer_config.json").is_file()
+            parts.append(FlorenceDetectionTokenizer.from_pretrained(model_dir) if saved
+                         else FlorenceDetectionTokenizer.from_defaults())
+        return parts
+    processor = saved_processor_class(model_dir).from_pretrained(model_dir)
+    if issubclass(model_class, FlorenceForVideoClassification):
+        if getattr(processor, "video_processor", None) is None:
+            raise ValueError(f"{model_dir} has no video processor: save the classifier with a FlorenceProcessor")
+        return [processor.video_processor]
+    return [processor]
+
+
+def processing_classes(part) -> list[type]:
+    """The classes whose module files a processing part needs (a processor: its own and its components')."""
+    if not isinstance(part, ProcessorMixin):
+        return [type(part)]
+    components = (getattr(part, name, None) for name in ("image_processor", "video_processor", "tokenizer"))
+    return [type(part)] + [type(component) for component in components if component is not None]
+
+
+def image_processor_auto_map(image_processor) -> dict:
+    return {"AutoImageProcessor": {"torchvision": reference(type(image_processor))}}
+
+
+def write_auto_maps(output: Path, part) -> None:
+    """The `auto_map` of a saved processing part, in the file Transformers reads it from."""
+    if isinstance(part, ProcessorMixin):
+        def update(content: dict) -> None:
+            content["auto_map"] = {"AutoProcessor": reference(type(part))}
+            if isinstance(content.get("image_processor"), dict):
+                content["image_processor"]["auto_map"] = image_processor_auto_map(part.image_processor)
+            if isinstance(content.get("video_processor"), dict):
+                content["video_processor"]["auto_map"] = {"AutoVideoProcessor": reference(type(part.video_processor))}
+
+        _update_json(output / "processor_config.json", update)
+        write_auto_maps(output, part.tokenizer)
+    elif isinstance(part, BaseVideoProcessor):
+        _update_json(output / "video_preprocessor_config.json",
+                     lambda c: c.update(auto_map={"AutoVideoProcessor": reference(type(part))}))
+    elif isinstance(part, PreTrainedTokenizerBase):
+        _update_json(output / "tokenizer_config.json",
+                     lambda c: c.update(auto_map={"AutoTokenizer": [reference(type(part)), None]}))
+    else:  # an image processor on its own: it is also what AutoProcessor gives
+        _update_json(output / "preprocessor_config.json",
+                     lambda c: c.update(auto_map={**image_processor_auto_map(part), "AutoProcessor": reference(type(part))}))
+
+
 def _update_json(path: Path, update) -> None:
     content = json.loads(path.read_text())
     update(content)
@@ -90,34 +159,19 @@ def export(model_dir: str | Path, output: str | Path, model_name: str | None = N
         raise ValueError(f"{model_dir}/config.json names architecture {architecture!r}, not a Florence model class")
     if output.exists() and any(output.iterdir()):
         raise FileExistsError(f"{output} is not empty; export writes a fresh folder")
+    parts = processing_parts(model_dir, model_class, config)
     output.mkdir(parents=True, exist_ok=True)
 
     model = model_class.from_pretrained(model_dir)
     model.save_pretrained(output)
-    processor = saved_processor_class(model_dir).from_pretrained(model_dir)
-    processor.save_pretrained(output)
-
-    processor_classes = [type(processor), type(processor.image_processor), type(processor.tokenizer)]
-    processor_classes += [type(processor.video_processor)] if getattr(processor, "video_processor", None) else []
-    for source in module_files(model_class, type(config), *processor_classes):
+    for part in parts:
+        part.save_pretrained(output)
+    for source in module_files(model_class, type(config), *(cls for part in parts for cls in processing_classes(part))):
         shutil.copy2(source, output / source.name)
 
     _update_json(output / "config.json", lambda c: c.update(auto_map=model_auto_map(model_class, type(config))))
-
-    image_classes = {"torchvision": reference(type(processor.image_processor))}
-
-    def processor_auto_map(content: dict) -> None:
-        content["auto_map"] = {"AutoProcessor": reference(type(processor))}
-        if isinstance(content.get("image_processor"), dict):
-            content["image_processor"]["auto_map"] = {"AutoImageProcessor": image_classes}
-        if isinstance(content.get("video_processor"), dict):
-            content["video_processor"]["auto_map"] = {"AutoVideoProcessor": reference(type(processor.video_processor))}
-
-    _update_json(output / "processor_config.json", processor_auto_map)
-    _update_json(
-        output / "tokenizer_config.json",
-        lambda c: c.update(auto_map={"AutoTokenizer": [reference(type(processor.tokenizer)), None]}),
-    )
+    for part in parts:
+        write_auto_maps(output, part)
     results = model_dir / "eval_results.json"
     write_model_card(output, model_name=model_name or output.name, results=results if results.is_file() else None,
                      remote_code=True)

@@ -1,5 +1,6 @@
 """Hub export: the exported folder alone (no `modeling_florence` importable) loads with `trust_remote_code=True`
-through the Auto classes and the task's pipeline, and gives the package's outputs."""
+through the Auto classes (model and processing) and the task's pipelines (zero-shot and image classification, both
+detection pipelines, video classification on an mp4), and gives the package's outputs."""
 
 import json
 import subprocess
@@ -11,18 +12,43 @@ import pytest
 import torch
 from PIL import Image
 
+from transformers import pipeline
+
+import modeling_florence as mf
 from modeling_florence import FlorenceProcessor
-from tests.test_common import TESTERS, build, exported_model_classes
+from tests.conftest import write_video
+from tests.test_common import TESTERS, build, exported_model_classes, tiny_detection_config, tiny_text_config
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "conversion"))
 from export_for_hub import main as export_main  # noqa: E402
 
-# The pipeline each task model serves, run from the exported folder with the package blocked.
+IMAGE_SIZE = 48
+VQA_ANSWERS = ["yes", "no", "red", "2", "circle"]
+DETECTION_CLASSES = ["red circle", "blue star", "green cross"]
+
+# The pipelines each task model serves, run from the exported folder with the package blocked: (task, call kwargs,
+# input: a 40x56 grey image or a small mp4 written with PyAV).
 PIPELINES = {
-    "FlorenceModel": ("zero-shot-image-classification", {"candidate_labels": ["a red circle", "a blue square"]}),
-    "FlorenceForImageClassification": ("image-classification", {}),
+    "FlorenceModel": [("zero-shot-image-classification", {"candidate_labels": ["a red circle", "a blue square"]}, "image")],
+    "FlorenceForImageClassification": [("image-classification", {}, "image")],
+    "FlorenceForObjectDetection": [
+        ("object-detection", {"threshold": 0.0}, "image"),
+        ("zero-shot-object-detection", {"candidate_labels": ["yellow ring", "purple hexagon"], "threshold": 0.0}, "image"),
+    ],
+    "FlorenceForVideoClassification": [("video-classification", {}, "video")],
 }
+# The processing Auto classes an exported folder serves and the class each must give (default: the Florence processor).
+PROCESSING = {
+    "FlorenceForObjectDetection": {"AutoProcessor": "FlorenceDetectionImageProcessor",
+                                   "AutoImageProcessor": "FlorenceDetectionImageProcessor",
+                                   "AutoTokenizer": "FlorenceDetectionTokenizer"},
+    "FlorenceForVideoClassification": {"AutoVideoProcessor": "FlorenceVideoProcessor"},
+    "FlorenceForVQA": {"AutoProcessor": "FlorenceVQAProcessor", "AutoImageProcessor": "FlorenceImageProcessor",
+                       "AutoTokenizer": "FlorenceTokenizer"},
+}
+DEFAULT_PROCESSING = {"AutoProcessor": "FlorenceProcessor", "AutoImageProcessor": "FlorenceImageProcessor",
+                      "AutoTokenizer": "FlorenceTokenizer"}
 
 # Runs in a fresh interpreter where `import modeling_florence` fails: everything must come from the folder.
 REMOTE_LOAD = r"""
@@ -31,8 +57,9 @@ sys.modules["modeling_florence"] = None
 import numpy as np, torch
 from PIL import Image
 import transformers
-from transformers import AutoConfig, AutoModel, AutoProcessor, AutoImageProcessor, AutoTokenizer, pipeline
-folder, inputs_path, task, task_kwargs, auto_class = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
+from transformers import AutoConfig, AutoModel, pipeline
+folder, inputs_path, pipelines, processing, auto_class, video = (
+    sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5], sys.argv[6])
 config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
 AutoModel.from_pretrained(folder, trust_remote_code=True)
 auto = getattr(transformers, auto_class)
@@ -44,9 +71,7 @@ if auto_class == "AutoBackbone":
 else:
     model = auto.from_pretrained(folder, trust_remote_code=True).eval()
 assert "modeling_florence" not in type(model).__module__.split(".")[0], type(model).__module__
-processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+loaded = {name: getattr(transformers, name).from_pretrained(folder, trust_remote_code=True) for name in processing}
 inputs = {k: torch.tensor(v) if k != "pixel_values" else torch.tensor(v, dtype=torch.float32)
           for k, v in json.load(open(inputs_path)).items()}
 with torch.no_grad():
@@ -54,22 +79,53 @@ with torch.no_grad():
 first = next(v for v in out.values() if isinstance(v, torch.Tensor) or isinstance(v, tuple))
 first = first[0] if isinstance(first, tuple) else first
 result = {"model": type(model).__name__, "output": first.tolist(),
-          "ids": tokenizer(["a red circle"])["input_ids"]}
-if task:
-    image = Image.fromarray(np.full((40, 56, 3), 200, np.uint8))
-    result["pipeline"] = pipeline(task, model=folder, trust_remote_code=True)(image, **task_kwargs)
+          "processing": {name: type(value).__name__ for name, value in loaded.items()}}
+if "AutoTokenizer" in loaded:
+    result["ids"] = loaded["AutoTokenizer"](["a red circle"])["input_ids"]
+if "AutoProcessor" in loaded and hasattr(loaded["AutoProcessor"], "answer_vocabulary"):
+    result["answers"] = loaded["AutoProcessor"].answer_vocabulary
+image = Image.fromarray(np.full((40, 56, 3), 200, np.uint8))
+result["pipelines"] = [pipeline(task, model=folder, trust_remote_code=True)(image if kind == "image" else video, **kwargs)
+                       for task, kwargs, kind in pipelines]
 print("RESULT" + json.dumps(result))
 """
 
 
+def build_exported(cls):
+    """The tiny model the test exports; the detector is open-vocabulary with stored class names, so it serves both
+    detection pipelines."""
+    if cls is mf.FlorenceForObjectDetection:
+        torch.manual_seed(0)
+        model = cls(tiny_detection_config(text_config=tiny_text_config().to_dict(), projection_dim=24)).eval()
+        model.set_class_names(DETECTION_CLASSES, mf.FlorenceDetectionTokenizer.from_defaults())
+        return model
+    return build(cls)
+
+
 def save_with_processor(model, folder: Path) -> None:
+    """The model with the processing files its task saves: a detector its detection image processor and tokenizer,
+    VQA its processor with the answer vocabulary, every other model the Florence processor."""
     model.save_pretrained(folder)
-    FlorenceProcessor.from_defaults(image_size=48).save_pretrained(folder)
+    if isinstance(model, mf.FlorenceForObjectDetection):
+        size = {"shortest_edge": IMAGE_SIZE, "longest_edge": 2 * IMAGE_SIZE}
+        mf.FlorenceDetectionImageProcessor.from_detection_config(model.config, size=size).save_pretrained(folder)
+        mf.FlorenceDetectionTokenizer.from_defaults().save_pretrained(folder)
+    elif isinstance(model, mf.FlorenceForVQA):
+        mf.FlorenceVQAProcessor.from_defaults(image_size=IMAGE_SIZE, answer_vocabulary=VQA_ANSWERS).save_pretrained(folder)
+    else:
+        FlorenceProcessor.from_defaults(image_size=IMAGE_SIZE, num_frames=4).save_pretrained(folder)
+
+
+def assert_same_predictions(remote: list[dict], local: list[dict]) -> None:
+    """Pipeline results in the same order with the same labels, scores and boxes."""
+    assert [r["label"] for r in remote] == [r["label"] for r in local] and local
+    np.testing.assert_allclose([r["score"] for r in remote], [r["score"] for r in local], atol=1e-5)
+    assert [r.get("box") for r in remote] == [r.get("box") for r in local]
 
 
 @pytest.mark.parametrize("cls", [pytest.param(c, id=c.__name__) for c in exported_model_classes()])
 def test_exported_folder_loads_without_the_package(cls, tmp_path):
-    model = build(cls)
+    model = build_exported(cls)
     save_with_processor(model, tmp_path / "model")
     assert export_main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "hub")]) == 0
     hub = tmp_path / "hub"
@@ -79,33 +135,37 @@ def test_exported_folder_loads_without_the_package(cls, tmp_path):
     auto_class = next(name for name, entry in config["auto_map"].items() if entry.endswith(f".{cls.__name__}"))
     python_files = {path.name for path in hub.glob("*.py")}
     assert "__init__.py" not in python_files and "shapes.py" not in python_files and "pretraining_florence.py" not in python_files
-    assert {"configuration_florence.py", "processing_florence.py", "tokenization_florence.py"} <= python_files
+    assert {"configuration_florence.py"} <= python_files
     assert (hub / "model.safetensors").is_file() and not list(hub.glob("*.bin")) and (hub / "README.md").is_file()
+    processing = PROCESSING.get(cls.__name__, DEFAULT_PROCESSING)
 
     inputs = TESTERS[cls.__name__].make_inputs(2)
     (tmp_path / "inputs.json").write_text(json.dumps({k: v.tolist() for k, v in inputs.items()}))
-    task, task_kwargs = PIPELINES.get(cls.__name__, ("", {}))
+    pipelines = PIPELINES.get(cls.__name__, [])
+    video = tmp_path / "clip.mp4"
+    write_video(video, frames=8)
     result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOAD, str(hub), str(tmp_path / "inputs.json"), task, json.dumps(task_kwargs),
-         auto_class],
+        [sys.executable, "-c", REMOTE_LOAD, str(hub), str(tmp_path / "inputs.json"), json.dumps(pipelines),
+         json.dumps(sorted(processing)), auto_class, str(video)],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = json.loads(result.stdout.split("RESULT", 1)[1])
+    assert remote["processing"] == processing
 
     with torch.no_grad():
         out = model(**inputs)
     expected = next(v for v in out.values() if isinstance(v, (torch.Tensor, tuple)))
     expected = expected[0] if isinstance(expected, tuple) else expected
     torch.testing.assert_close(torch.tensor(remote["output"]), expected, atol=1e-5, rtol=1e-4)
-    assert remote["ids"] == FlorenceProcessor.from_defaults().tokenizer(["a red circle"])["input_ids"]
-    if task:
-        from transformers import pipeline
-
-        image = Image.fromarray(np.full((40, 56, 3), 200, np.uint8))
-        local = pipeline(task, model=str(tmp_path / "model"))(image, **task_kwargs)
-        assert [r["label"] for r in remote["pipeline"]] == [r["label"] for r in local]
-        np.testing.assert_allclose([r["score"] for r in remote["pipeline"]], [r["score"] for r in local], atol=1e-5)
+    if "ids" in remote:
+        assert remote["ids"] == FlorenceProcessor.from_defaults().tokenizer(["a red circle"])["input_ids"]
+    if cls is mf.FlorenceForVQA:
+        assert remote["answers"] == VQA_ANSWERS
+    image = Image.fromarray(np.full((40, 56, 3), 200, np.uint8))
+    for (task, kwargs, kind), remote_result in zip(pipelines, remote["pipelines"], strict=True):
+        local = pipeline(task, model=str(tmp_path / "model"))(image if kind == "image" else str(video), **kwargs)
+        assert_same_predictions(remote_result, local)
 
 
 def test_push_to_hub_dry_run_lists_the_upload(tmp_path, capsys):
