@@ -1,5 +1,7 @@
-"""The Gradio demo Space, tested as a person and as a client would: a real Chromium drives the page, 20 concurrent
-API requests all get the right answer, and bad uploads get a clear message."""
+"""The Gradio demo Space, tested as a person and as a client would: a real Chromium drives the page (classification,
+then the detection tab), 20 concurrent API requests all get the right answer, the detection, VQA and video endpoints
+answer in their formats on tiny random-weight models, bad uploads get a clear message, and a tab whose model folder
+is missing says how to make it."""
 
 import os
 import shutil
@@ -16,13 +18,26 @@ import pytest
 import torch
 from PIL import Image
 
+import modeling_florence as mf
 from modeling_florence import FlorenceModel, FlorenceProcessor
-from tests.test_common import tiny_florence_config
+from tests.conftest import write_video
+from tests.test_common import (
+    tiny_detection_config,
+    tiny_florence_config,
+    tiny_text_config,
+    tiny_video_classification_config,
+    tiny_video_config,
+    tiny_vqa_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "examples" / "space" / "app.py"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LABELS = "red circle, blue square, green star"
-UPLOAD_LIMIT_MB = 1
+IMAGE_LIMIT_MB, VIDEO_LIMIT_MB = 0.5, 1  # the server refuses files over the larger one
+MAX_VIDEO_FRAMES = 24
+DETECTION_CLASSES = ["red circle", "blue star", "green cross"]
+ANSWERS = ["yes", "no", "red", "2", "circle"]
 
 
 def free_port() -> int:
@@ -38,6 +53,33 @@ def model_folder(tmp_path_factory):
     FlorenceModel(tiny_florence_config()).save_pretrained(folder)
     FlorenceProcessor.from_defaults(image_size=48).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def task_folders(tmp_path_factory):
+    """Tiny random-weight detection (open vocabulary), VQA and video (classifier + video-text) folders, saved with
+    their processors as the `make demo-*` targets save them."""
+    root = tmp_path_factory.mktemp("space-tasks")
+    torch.manual_seed(0)
+    detector = mf.FlorenceForObjectDetection(
+        tiny_detection_config(text_config=tiny_text_config().to_dict(), projection_dim=24)).eval()
+    tokenizer = mf.FlorenceDetectionTokenizer.from_defaults()
+    detector.set_class_names(DETECTION_CLASSES, tokenizer)
+    detector.save_pretrained(root / "detection")
+    mf.FlorenceDetectionImageProcessor.from_detection_config(
+        detector.config, size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(root / "detection")
+    tokenizer.save_pretrained(root / "detection")
+
+    mf.FlorenceForVQA(tiny_vqa_config(id2label=dict(enumerate(ANSWERS)))).save_pretrained(root / "vqa")
+    mf.FlorenceVQAProcessor.from_defaults(image_size=32, answer_vocabulary=ANSWERS).save_pretrained(root / "vqa")
+
+    processor = FlorenceProcessor.from_defaults(image_size=32, num_frames=4)
+    mf.FlorenceForVideoClassification(tiny_video_classification_config()).save_pretrained(root / "video")
+    processor.save_pretrained(root / "video")
+    mf.FlorenceVideoModel(tiny_video_config()).save_pretrained(root / "video" / "video-text")
+    processor.save_pretrained(root / "video" / "video-text")
+    return {"FLORENCE_DETECTION_MODEL": root / "detection", "FLORENCE_VQA_MODEL": root / "vqa",
+            "FLORENCE_VIDEO_MODEL": root / "video"}
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +104,13 @@ def expected_scores(model_folder, image_path):
 
 
 @pytest.fixture(scope="module")
-def app_url(model_folder):
+def app_url(model_folder, task_folders):
     port = free_port()
     env = {**os.environ, "FLORENCE_MODEL": str(model_folder), "FLORENCE_PORT": str(port),
-           "FLORENCE_MAX_UPLOAD_MB": str(UPLOAD_LIMIT_MB), "GRADIO_ANALYTICS_ENABLED": "False"}
-    process = subprocess.Popen([sys.executable, str(REPO / "examples" / "space" / "app.py")], env=env,
+           "FLORENCE_MAX_UPLOAD_MB": str(IMAGE_LIMIT_MB), "FLORENCE_MAX_VIDEO_MB": str(VIDEO_LIMIT_MB),
+           "FLORENCE_MAX_VIDEO_FRAMES": str(MAX_VIDEO_FRAMES), "GRADIO_ANALYTICS_ENABLED": "False",
+           **{name: str(folder) for name, folder in task_folders.items()}}
+    process = subprocess.Popen([sys.executable, str(APP)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 300
@@ -108,6 +152,13 @@ def test_a_person_classifies_an_upload_in_chromium(app_url, image_path, expected
             assert "Error" not in page.inner_text("body")
             (REPO / "outputs").mkdir(exist_ok=True)
             page.screenshot(path=str(REPO / "outputs" / "space-screenshot.png"), full_page=True)
+
+            page.get_by_role("tab", name="Detection").click()
+            page.set_input_files("#detection-image input[type=file]", str(image_path))
+            page.fill("#detection-names textarea", ", ".join(DETECTION_CLASSES))
+            page.click("#detect")
+            page.wait_for_selector("#detections img", timeout=120_000)
+            assert "Error" not in page.inner_text("body")
         finally:
             browser.close()
 
@@ -135,9 +186,13 @@ def test_bad_uploads_get_a_clear_message(app_url, tmp_path):
 
     client = Client(app_url, verbose=False)
     too_big = tmp_path / "big.png"
-    too_big.write_bytes(os.urandom(2 * UPLOAD_LIMIT_MB * 1024 * 1024))
+    too_big.write_bytes(os.urandom(2 * VIDEO_LIMIT_MB * 1024 * 1024))
     with pytest.raises(Exception, match="exceeds the maximum file size"):
         client.predict(handle_file(str(too_big)), LABELS, api_name="/classify")
+    over_image_limit = tmp_path / "large.png"
+    over_image_limit.write_bytes(os.urandom(int(0.8 * 1024 * 1024)))
+    with pytest.raises(Exception, match="over this Space's limit of 0.5 MB"):
+        client.predict(handle_file(str(over_image_limit)), LABELS, api_name="/classify")
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not an image")
     with pytest.raises(Exception, match="Invalid file type"):
@@ -155,3 +210,102 @@ def test_retrieval_returns_gallery_images(app_url):
 
     results = Client(app_url, verbose=False).predict("a large red circle", api_name="/retrieve")
     assert len(results) == 6 and all(Path(item["image"]).is_file() and item["caption"] for item in results)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Detection, VQA and video tabs
+# ----------------------------------------------------------------------------------------------------------------------
+def test_detection_returns_boxes_drawn_and_listed(app_url, image_path):
+    from gradio_client import Client, handle_file
+
+    names = ["red circle", "blue star"]
+    annotated, detections = Client(app_url, verbose=False).predict(
+        handle_file(str(image_path)), ", ".join(names), 0.0, api_name="/detect")
+    assert Path(annotated["image"]).is_file()
+    assert 1 <= len(detections) <= 20 and len(annotated["annotations"]) == len(detections)
+    width, height = Image.open(image_path).size
+    for found in detections:
+        assert found["label"] in names and 0.0 <= found["score"] <= 1.0
+        x0, y0, x1, y1 = found["box"]
+        assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
+    assert [found["score"] for found in detections] == sorted((f["score"] for f in detections), reverse=True)
+    # no names: the detector's stored classes
+    _, stored = Client(app_url, verbose=False).predict(handle_file(str(image_path)), "", 0.0, api_name="/detect")
+    assert stored and {found["label"] for found in stored} <= set(DETECTION_CLASSES)
+
+
+def test_vqa_answers_with_scores(app_url, image_path, task_folders):
+    from gradio_client import Client, handle_file
+
+    question = "what colour is the square?"
+    answer = Client(app_url, verbose=False).predict(handle_file(str(image_path)), question, api_name="/answer")
+    scores = {item["label"]: item["confidence"] for item in answer["confidences"]}
+    assert len(scores) == 5 and set(scores) <= set(ANSWERS) and all(0 < s < 1 for s in scores.values())
+    model = mf.FlorenceForVQA.from_pretrained(task_folders["FLORENCE_VQA_MODEL"]).eval()
+    processor = mf.FlorenceVQAProcessor.from_pretrained(task_folders["FLORENCE_VQA_MODEL"])
+    with torch.no_grad():
+        expected = processor.post_process_vqa(model(**processor(text=[question], images=[Image.open(image_path)])))[0][0]
+    assert answer["label"] == expected["answer"] and scores[expected["answer"]] == pytest.approx(expected["score"], abs=1e-5)
+
+
+def test_video_actions_from_the_classifier_and_zero_shot(app_url, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(app_url, verbose=False)
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, frames=12)
+    labels = client.predict(handle_file(str(clip)), "", api_name="/recognise")
+    scores = {item["label"]: item["confidence"] for item in labels["confidences"]}
+    assert set(scores) == {"left", "right", "still"} and sum(scores.values()) == pytest.approx(1.0, abs=1e-4)
+    actions = ["moving left", "growing", "rotating"]
+    zero_shot = client.predict(handle_file(str(clip)), ", ".join(actions), api_name="/recognise")
+    scores = {item["label"]: item["confidence"] for item in zero_shot["confidences"]}
+    assert set(scores) == set(actions) and sum(scores.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_task_tabs_refuse_bad_uploads_clearly(app_url, image_path, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(app_url, verbose=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    for arguments, endpoint in (((LABELS, 0.3), "/detect"), (("what shape?",), "/answer"), (("",), "/recognise")):
+        with pytest.raises(Exception, match="Invalid file type"):
+            client.predict(handle_file(str(notes)), *arguments, api_name=endpoint)
+    fake_png = tmp_path / "fake.png"
+    fake_png.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(512))
+    with pytest.raises(Exception, match="Could not read the upload as an image"):
+        client.predict(handle_file(str(fake_png)), LABELS, 0.3, api_name="/detect")
+    large = tmp_path / "large.png"
+    large.write_bytes(os.urandom(int(0.8 * 1024 * 1024)))
+    with pytest.raises(Exception, match="over this Space's limit of 0.5 MB"):
+        client.predict(handle_file(str(large)), "what shape?", api_name="/answer")
+    with pytest.raises(Exception, match="Type a question"):
+        client.predict(handle_file(str(image_path)), "  ", api_name="/answer")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(os.urandom(4096))
+    with pytest.raises(Exception, match="Could not read the upload as a video"):
+        client.predict(handle_file(str(broken)), "", api_name="/recognise")
+    long_clip = tmp_path / "long.mp4"
+    write_video(long_clip, frames=MAX_VIDEO_FRAMES + 6)
+    with pytest.raises(Exception, match=f"over max_frames={MAX_VIDEO_FRAMES}"):
+        client.predict(handle_file(str(long_clip)), "", api_name="/recognise")
+    with pytest.raises(Exception, match="at least two comma-separated action names"):
+        client.predict(handle_file(str(long_clip)), "only one", api_name="/recognise")
+
+
+def test_a_missing_model_folder_gives_a_note_not_a_crash(monkeypatch, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("space_app", APP)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    for demo in (app.DetectionDemo, app.VQADemo, app.VideoDemo):
+        monkeypatch.delenv(demo.env, raising=False)
+        monkeypatch.chdir(tmp_path)  # no outputs/ here: the default folders are missing
+        loaded = demo()
+        assert not loaded.ready and f"make {demo.make_target}" in loaded.note and demo.env in loaded.note
+    monkeypatch.setenv("FLORENCE_VQA_MODEL", str(tmp_path / "nowhere"))
+    assert "nowhere" in app.VQADemo().note
+    blocks = app.build_app([app.DetectionDemo(), app.VQADemo(), app.VideoDemo()])
+    assert "make demo-detection" in str(blocks.config)

@@ -1,75 +1,203 @@
-"""Florence demo Space: zero-shot classification and image-text retrieval with a Florence model, on CPU.
+"""Florence demo Space: zero-shot classification, image-text retrieval, open-vocabulary detection, VQA and video action
+recognition with Florence models, on CPU.
 
-    make app                                                   # the `make demo` model, http://127.0.0.1:7860
+    make app                                                   # the `make demo*` models, http://127.0.0.1:7860
     FLORENCE_MODEL=path/or/repo-id python examples/space/app.py
 
-Uploads are bounded: files over `FLORENCE_MAX_UPLOAD_MB` (default 10) are refused by the server, images over
-`FLORENCE_MAX_PIXELS` (default 40 MP) and files that are not images get a clear message, and requests are queued
-(`FLORENCE_CONCURRENCY` at a time). The examples and the retrieval gallery are generated Florence Shapes images.
+Each tab has its own model, a folder or a Hub repo id from an environment variable (defaults: the `make demo*`
+outputs); a tab whose model is missing shows how to create it instead of failing the app:
+
+    FLORENCE_MODEL            outputs/florence-tiny-shapes                           make demo
+    FLORENCE_DETECTION_MODEL  outputs/florence-detection-tiny-shapes-open-vocabulary make demo-detection
+    FLORENCE_VQA_MODEL        outputs/florence-vqa-tiny-shapes                       make demo-vqa
+    FLORENCE_VIDEO_MODEL      outputs/florence-video-tiny-shapes                     make demo-video
+
+Uploads are bounded: images up to `FLORENCE_MAX_UPLOAD_MB` (10) MB and `FLORENCE_MAX_PIXELS` (40 MP); videos up to
+`FLORENCE_MAX_VIDEO_MB` (20) MB, `FLORENCE_MAX_VIDEO_FRAMES` (900: 30 s at 30 frames/s) frames and
+`FLORENCE_MAX_VIDEO_PIXELS` (1920x1080) pixels a frame, read with the package's bounded loaders. Files over the larger
+size limit are refused by the server; other bad uploads get a clear message. Requests are queued,
+`FLORENCE_CONCURRENCY` (2) at a time per tab. The examples and the retrieval gallery are generated Florence Shapes.
 """
 
 import os
 import tempfile
 from pathlib import Path
 
+import av
 import gradio as gr
+import numpy as np
 import torch
-from transformers import AutoModel
+from torchvision.ops import clip_boxes_to_image
+from transformers import AutoConfig, AutoModel
 
-import modeling_florence  # noqa: F401  (registers the Florence model types)
-from modeling_florence import FlorenceProcessor, build_pairs
+import modeling_florence as mf  # registers the Florence model types
+from modeling_florence.evaluation_florence import zero_shot_classifier
+from modeling_florence.evaluation_florence_video import VIDEO_TEMPLATES, encode_videos
 from modeling_florence.image_loading_florence import open_image
+from modeling_florence.video_processing_florence import VIDEO_SUFFIXES
 
-MODEL = os.environ.get("FLORENCE_MODEL", "outputs/florence-tiny-shapes")
 MAX_UPLOAD_MB = float(os.environ.get("FLORENCE_MAX_UPLOAD_MB", "10"))
 MAX_PIXELS = int(os.environ.get("FLORENCE_MAX_PIXELS", str(40_000_000)))
+MAX_VIDEO_MB = float(os.environ.get("FLORENCE_MAX_VIDEO_MB", "20"))
+MAX_VIDEO_FRAMES = int(os.environ.get("FLORENCE_MAX_VIDEO_FRAMES", "900"))
+MAX_VIDEO_PIXELS = int(os.environ.get("FLORENCE_MAX_VIDEO_PIXELS", str(1920 * 1080)))
 CONCURRENCY = int(os.environ.get("FLORENCE_CONCURRENCY", "2"))
 MAX_LABELS = 50
+MAX_BOXES = 20
 GALLERY_SIZE = 24
+EXAMPLE_DIR = Path(tempfile.mkdtemp(prefix="florence-space-"))
 
 
-class FlorenceDemo:
-    """The model, its processor and a small Shapes gallery, loaded once."""
+# ----------------------------------------------------------------------------------------------------------------------
+# Shared helpers: bounded uploads, label lists, generated examples
+# ----------------------------------------------------------------------------------------------------------------------
+def user_message(error: Exception) -> str:
+    """A loader's message without its advice to programmers (`raise max_frames on the processor ...`)."""
+    return str(error).split("; raise")[0]
 
-    def __init__(self, model: str = MODEL):
-        self.model = AutoModel.from_pretrained(model).eval()
-        self.processor = FlorenceProcessor.from_pretrained(model)
+
+def check_file_size(path: str, limit_mb: float, kind: str) -> None:
+    size_mb = os.path.getsize(path) / 2**20
+    if size_mb > limit_mb:
+        raise gr.Error(f"The {kind} is {size_mb:.1f} MB, over this Space's limit of {limit_mb:g} MB.")
+
+
+def load_image(path: str | None):
+    """An uploaded image, size-checked before decoding, or a clear `gr.Error`."""
+    if not path:
+        raise gr.Error("Upload an image first.")
+    check_file_size(path, MAX_UPLOAD_MB, "image")
+    try:
+        return open_image(path, max_pixels=MAX_PIXELS).convert("RGB")
+    except (ValueError, OSError) as error:
+        raise gr.Error(f"Could not read the upload as an image: {user_message(error)}") from None
+
+
+def preview(path: str | None):
+    try:
+        return load_image(path) if path else None
+    except gr.Error:
+        return None
+
+
+def parse_names(text: str | None, example: str, noun: str = "labels", minimum: int = 2) -> list[str]:
+    """Distinct comma-separated names (e.g. labels), at least `minimum` (1 or 2) and at most MAX_LABELS."""
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    if len(names) < minimum:
+        raise gr.Error(f"Give at least {('one', 'two')[minimum - 1]} comma-separated {noun}, e.g. '{example}'.")
+    if len(names) > MAX_LABELS or len(set(names)) != len(names):
+        raise gr.Error(f"Give at most {MAX_LABELS} distinct {noun}.")
+    return names
+
+
+def image_upload(elem_id: str, render: bool = True) -> gr.File:
+    """A file input (not gr.Image), so every upload reaches the bounded loader and its clear messages."""
+    return gr.File(label="Image", file_types=["image"], type="filepath", elem_id=elem_id, render=render)
+
+
+def save_example(image, name: str) -> str:
+    path = EXAMPLE_DIR / name
+    image.save(path)
+    return str(path)
+
+
+def write_clip(frames, path: Path, rate: int = 8) -> str:
+    """An mp4 (MPEG-4 part 2, so every FFmpeg build writes and reads it) of RGB PIL frames."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.asarray(frame.convert("RGB")), format="rgb24")))
+        container.mux(stream.encode())
+    return str(path)
+
+
+class TaskDemo:
+    """One tab's model: read from the folder or Hub repo id in `env` (default `default`, made by `make <target>`),
+    loaded once by `load`. When it cannot be loaded, the tab shows `note` instead of its controls."""
+
+    env = default = make_target = title = ""
+
+    def __init__(self):
+        self.source = os.environ.get(self.env, self.default)
+        self.error = None
+        if self.source == self.default and not Path(self.source).is_dir():
+            self.error = "the folder does not exist"
+        else:
+            try:
+                self.load(self.source)
+            except Exception as error:  # noqa: BLE001 - any loading failure becomes the tab's note
+                self.error = f"{type(error).__name__}: {error}"
+
+    @property
+    def ready(self) -> bool:
+        return self.error is None
+
+    @property
+    def note(self) -> str:
+        return (f"**No {self.title.lower()} model loaded** from `{self.source}` ({self.error}).\n\n"
+                f"Create it with `make {self.make_target}`, or set `{self.env}` to a model folder or Hub repo id and "
+                "restart the Space.")
+
+    def load(self, source: str) -> None:
+        raise NotImplementedError
+
+    def controls(self) -> None:
+        """The tab's inputs, outputs and events (only called when the model is loaded)."""
+        raise NotImplementedError
+
+    def scores_controls(self, upload: gr.File, text: gr.Textbox, handler, button: str, scores: gr.Label,
+                        preview_id: str | None = None) -> None:
+        """The layout of a tab that scores an upload and a text as label bars: the upload (with a preview of the image
+        when `preview_id` is given), the text box, a button whose elem_id and API name are `handler`'s name, the
+        scores, the examples. Components come unrendered (`render=False`) and are placed here."""
+        with gr.Row():
+            upload.render()
+            with gr.Column():
+                text.render()
+                run = gr.Button(button, variant="primary", elem_id=handler.__name__)
+                scores.render()
+                if preview_id:
+                    shown = gr.Image(label="Preview", interactive=False, elem_id=preview_id, height=160)
+                    upload.change(preview, upload, shown, show_progress="hidden")
+        run.click(handler, [upload, text], scores, api_name=handler.__name__, concurrency_limit=CONCURRENCY)
+        gr.Examples(self.examples, [upload, text])
+
+    def tab(self) -> None:
+        with gr.Tab(self.title):
+            if self.ready:
+                gr.Markdown(f"Model: `{self.source}`", elem_classes="model-source")
+                self.controls()
+            else:
+                gr.Markdown(self.note, elem_id=f"{self.make_target}-note")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Zero-shot classification and retrieval (FlorenceModel)
+# ----------------------------------------------------------------------------------------------------------------------
+class FlorenceDemo(TaskDemo):
+    """The two-tower model, its processor and a small Shapes gallery: zero-shot classification and retrieval."""
+
+    env, default, make_target, title = "FLORENCE_MODEL", "outputs/florence-tiny-shapes", "demo", "Zero-shot classification"
+
+    def load(self, source: str) -> None:
+        self.model = AutoModel.from_pretrained(source).eval()
+        self.processor = mf.FlorenceProcessor.from_pretrained(source)
         image_size = self.processor.image_processor.crop_size["height"]
-        pairs = build_pairs(num_train=0, num_validation=0, num_test=GALLERY_SIZE, image_size=max(image_size, 96))
+        pairs = mf.build_pairs(num_train=0, num_validation=0, num_test=GALLERY_SIZE, image_size=max(image_size, 96))
         self.gallery = list(pairs["test"]["image"])
         self.gallery_captions = list(pairs["test"]["text"])
         with torch.no_grad():
             features = self.model.get_image_features(**self.processor(images=self.gallery)).pooler_output
         self.gallery_features = torch.nn.functional.normalize(features, dim=-1)
-        self.example_dir = Path(tempfile.mkdtemp(prefix="florence-space-"))
-        self.examples = []
-        for index in (0, 5, 11):
-            path = self.example_dir / f"shape-{index}.png"
-            self.gallery[index].save(path)
-            self.examples.append([str(path), "red circle, blue square, green star, yellow triangle, purple cross"])
-
-    def load_image(self, path: str | None):
-        if not path:
-            raise gr.Error("Upload an image first.")
-        try:
-            return open_image(path, max_pixels=MAX_PIXELS)
-        except (ValueError, OSError) as error:
-            raise gr.Error(f"Could not read the upload as an image: {error}") from None
-
-    def preview(self, path: str | None):
-        try:
-            return open_image(path, max_pixels=MAX_PIXELS).convert("RGB") if path else None
-        except (ValueError, OSError):
-            return None
+        labels = "red circle, blue square, green star, yellow triangle, purple cross"
+        self.examples = [[save_example(self.gallery[index], f"shape-{index}.png"), labels] for index in (0, 5, 11)]
 
     def classify(self, image_path: str | None, labels: str) -> dict[str, float]:
         """Zero-shot scores of the image against comma-separated labels ("a photo of a {label}.")."""
-        names = [label.strip() for label in (labels or "").split(",") if label.strip()]
-        if len(names) < 2:
-            raise gr.Error("Give at least two comma-separated labels, e.g. 'red circle, blue square'.")
-        if len(names) > MAX_LABELS or len(set(names)) != len(names):
-            raise gr.Error(f"Give at most {MAX_LABELS} distinct labels.")
-        image = self.load_image(image_path)
+        names = parse_names(labels, "red circle, blue square")
+        image = load_image(image_path)
         inputs = self.processor(text=[f"a photo of a {name}." for name in names], images=[image], padding=True)
         with torch.no_grad():
             scores = self.model(**inputs).logits_per_image.softmax(dim=-1)[0]
@@ -85,37 +213,196 @@ class FlorenceDemo:
         best = similarity.topk(min(top_k, len(self.gallery))).indices.tolist()
         return [(self.gallery[i], f"{similarity[i]:.3f} · {self.gallery_captions[i]}") for i in best]
 
+    def controls(self) -> None:
+        self.scores_controls(
+            image_upload("image", render=False),
+            gr.Textbox(label="Labels (comma-separated)", elem_id="labels", render=False),
+            self.classify, "Classify", gr.Label(num_top_classes=5, label="Scores", elem_id="scores", render=False),
+            preview_id="preview",
+        )
 
-def build_app(demo: FlorenceDemo) -> gr.Blocks:
+    def tab(self) -> None:
+        super().tab()
+        if self.ready:
+            with gr.Tab("Image-text retrieval"):
+                query = gr.Textbox(label="Describe an image", elem_id="query")
+                search = gr.Button("Search the gallery", elem_id="search")
+                results = gr.Gallery(label="Closest images", columns=6, elem_id="results")
+                search.click(self.retrieve, query, results, api_name="retrieve", concurrency_limit=CONCURRENCY)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Open-vocabulary detection (FlorenceForObjectDetection)
+# ----------------------------------------------------------------------------------------------------------------------
+class DetectionDemo(TaskDemo):
+    """Boxes for comma-separated class names (open vocabulary), or the detector's own classes."""
+
+    env, default = "FLORENCE_DETECTION_MODEL", "outputs/florence-detection-tiny-shapes-open-vocabulary"
+    make_target, title = "demo-detection", "Detection"
+
+    def load(self, source: str) -> None:
+        self.model = mf.FlorenceForObjectDetection.from_pretrained(source).eval()
+        self.processor = mf.FlorenceDetectionImageProcessor.from_pretrained(source)
+        self.open_vocabulary = self.model.config.is_open_vocabulary
+        self.tokenizer = mf.FlorenceDetectionTokenizer.from_pretrained(source) if self.open_vocabulary else None
+        scenes = mf.build_detection(num_train=0, num_validation=0, num_test=3, image_size=128)["test"]
+        self.examples = [
+            [save_example(row["image"], f"detection-{index}.png"),
+             ", ".join(dict.fromkeys(f"{colour} {mf.shapes.SHAPES[shape]}" for colour, shape in
+                                     zip(row["objects"]["colour"], row["objects"]["category"])))]
+            for index, row in enumerate(scenes)
+        ]
+
+    def detect(self, image_path: str | None, names: str, threshold: float = 0.2):
+        """Boxes drawn on the image and the list of detections (label, score, xyxy box in pixels)."""
+        image = load_image(image_path)
+        class_inputs, labels = {}, self.model.config.id2label
+        if self.open_vocabulary and (names or "").strip():
+            wanted = parse_names(names, "red circle, blue star", "class names", minimum=1)
+            class_inputs = dict(self.tokenizer(wanted, padding=True, return_tensors="pt"))
+            labels = dict(enumerate(wanted))
+        with torch.no_grad():
+            outputs = self.model(**self.processor(images=image, return_tensors="pt"), **class_inputs)
+        found = self.processor.post_process_object_detection(
+            outputs, threshold=float(threshold), target_sizes=[(image.height, image.width)], top_k=MAX_BOXES)[0]
+        boxes = clip_boxes_to_image(found["boxes"], (image.height, image.width))
+        detections = [
+            {"label": labels[int(label)], "score": round(float(score), 4), "box": [round(v, 1) for v in box.tolist()]}
+            for score, label, box in zip(found["scores"], found["labels"], boxes)
+        ]
+        boxes = [(tuple(int(v) for v in d["box"]), f"{d['label']} {d['score']:.2f}") for d in detections]
+        return (image, boxes), detections
+
+    def controls(self) -> None:
+        hint = ("Comma-separated class names (empty: the detector's own classes)" if self.open_vocabulary
+                else "Class names (this detector is closed-set: it finds its own classes)")
+        with gr.Row():
+            image = image_upload("detection-image")
+            with gr.Column():
+                names = gr.Textbox(label=hint, elem_id="detection-names", interactive=self.open_vocabulary)
+                threshold = gr.Slider(0.0, 1.0, value=0.2, step=0.05, label="Score threshold")
+                button = gr.Button("Detect", variant="primary", elem_id="detect")
+        boxes = gr.AnnotatedImage(label="Detections", elem_id="detections")
+        table = gr.JSON(label="Boxes (x0, y0, x1, y1 in pixels)", elem_id="detection-list")
+        button.click(self.detect, [image, names, threshold], [boxes, table], api_name="detect",
+                     concurrency_limit=CONCURRENCY)
+        gr.Examples(self.examples, [image, names])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Visual question answering (FlorenceForVQA)
+# ----------------------------------------------------------------------------------------------------------------------
+class VQADemo(TaskDemo):
+    """The best answers to a question about an image, with their scores."""
+
+    env, default, make_target, title = "FLORENCE_VQA_MODEL", "outputs/florence-vqa-tiny-shapes", "demo-vqa", "VQA"
+
+    def load(self, source: str) -> None:
+        self.model = mf.FlorenceForVQA.from_pretrained(source).eval()
+        self.processor = mf.FlorenceVQAProcessor.from_pretrained(source)
+        rows = mf.build_vqa(num_train=0, num_validation=0, num_test=3)["test"]
+        self.examples = [[save_example(row["image"], f"vqa-{index}.png"), row["question"]]
+                         for index, row in enumerate(rows)]
+
+    def answer(self, image_path: str | None, question: str) -> dict[str, float]:
+        if not (question or "").strip():
+            raise gr.Error("Type a question, e.g. 'what colour is the circle?'.")
+        image = load_image(image_path)
+        with torch.no_grad():
+            outputs = self.model(**self.processor(text=[question.strip()], images=[image], padding=True))
+        best = self.processor.post_process_vqa(outputs, top_k=5)[0]
+        return {item["answer"]: item["score"] for item in best}
+
+    def controls(self) -> None:
+        self.scores_controls(
+            image_upload("vqa-image", render=False), gr.Textbox(label="Question", elem_id="question", render=False),
+            self.answer, "Answer", gr.Label(num_top_classes=5, label="Answers", elem_id="answers", render=False),
+            preview_id="vqa-preview",
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Video action recognition (FlorenceForVideoClassification, FlorenceVideoModel)
+# ----------------------------------------------------------------------------------------------------------------------
+class VideoDemo(TaskDemo):
+    """Actions of a clip: the classifier's labels, or zero-shot over comma-separated action names with the video-text
+    model (`FlorenceVideoModel`: the folder itself, or its `video-text` subfolder as `make demo-video` saves it)."""
+
+    env, default, make_target, title = "FLORENCE_VIDEO_MODEL", "outputs/florence-video-tiny-shapes", "demo-video", "Video"
+
+    def load(self, source: str) -> None:
+        architecture = (AutoConfig.from_pretrained(source).architectures or [""])[0]
+        self.classifier = self.video_text = None
+        text_source = source
+        if architecture == "FlorenceForVideoClassification":
+            self.classifier = mf.FlorenceForVideoClassification.from_pretrained(source).eval()
+            text_source = Path(source, "video-text")
+        if architecture == "FlorenceVideoModel" or Path(text_source).is_dir():
+            self.video_text = mf.FlorenceVideoModel.from_pretrained(text_source).eval()
+        if self.classifier is None and self.video_text is None:
+            raise ValueError(f"{source} holds a {architecture or 'non-Florence'} model, not a Florence video model")
+        self.processor = mf.FlorenceProcessor.from_pretrained(source)
+        self.processor.video_processor.max_frames = MAX_VIDEO_FRAMES
+        self.processor.video_processor.max_image_pixels = MAX_VIDEO_PIXELS
+        clips = mf.build_video(num_train=0, num_validation=0, num_test=3, num_frames=16)["test"]
+        actions = ", ".join(mf.shapes.ACTIONS)
+        self.examples = [[write_clip(row["frames"], EXAMPLE_DIR / f"clip-{index}.mp4"), actions]
+                         for index, row in enumerate(clips)]
+
+    def video_inputs(self, path: str | None) -> dict:
+        if not path:
+            raise gr.Error("Upload a video first.")
+        check_file_size(path, MAX_VIDEO_MB, "video")
+        try:
+            return self.processor.video_processor(path)
+        except (ValueError, OSError) as error:
+            raise gr.Error(f"Could not read the upload as a video: {user_message(error)}") from None
+
+    def recognise(self, video_path: str | None, actions: str) -> dict[str, float]:
+        zero_shot = bool((actions or "").strip()) or self.classifier is None
+        if zero_shot and self.video_text is None:
+            raise gr.Error("This model is a classifier without a video-text model: leave the action names empty.")
+        names = parse_names(actions, "moving left, growing", "action names") if zero_shot else None
+        inputs = self.video_inputs(video_path)
+        with torch.no_grad():
+            if zero_shot:
+                classes = zero_shot_classifier(self.video_text, self.processor, names, list(VIDEO_TEMPLATES))
+                video = encode_videos(self.video_text, inputs["pixel_values_videos"])
+                probabilities = (self.video_text.temperature() * video @ classes.t()).softmax(dim=-1)[0]
+            else:
+                names = [self.classifier.config.id2label[i] for i in range(self.classifier.config.num_labels)]
+                probabilities = self.classifier(**inputs).logits.softmax(dim=-1)[0]
+        return {name: float(p) for name, p in zip(names, probabilities)}
+
+    def controls(self) -> None:
+        hint = "Action names, comma-separated, for zero-shot" + (" (empty: the classifier's labels)"
+                                                                  if self.classifier is not None else "")
+        self.scores_controls(
+            gr.File(label="Video", file_types=list(VIDEO_SUFFIXES), type="filepath", elem_id="video", render=False),
+            gr.Textbox(label=hint, elem_id="actions", render=False), self.recognise, "Recognise",
+            gr.Label(num_top_classes=5, label="Actions", elem_id="action-scores", render=False),
+        )
+
+
+DEMOS = (FlorenceDemo, DetectionDemo, VQADemo, VideoDemo)
+
+
+def build_app(demos: list[TaskDemo]) -> gr.Blocks:
     with gr.Blocks(title="Florence for Transformers") as app:
-        gr.Markdown(f"# Florence for Transformers\nModel: `{MODEL}` (CoSwin + UniCL). Uploads up to "
-                    f"{MAX_UPLOAD_MB:g} MB and {MAX_PIXELS / 1e6:g} MP.")
-        with gr.Tab("Zero-shot classification"):
-            with gr.Row():
-                # A file input (not gr.Image), so every upload reaches our bounded loader and its clear messages.
-                image = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="image")
-                with gr.Column():
-                    labels = gr.Textbox(label="Labels (comma-separated)", elem_id="labels")
-                    button = gr.Button("Classify", variant="primary", elem_id="classify")
-                    scores = gr.Label(num_top_classes=5, label="Scores", elem_id="scores")
-                    preview = gr.Image(label="Preview", interactive=False, elem_id="preview", height=160)
-            image.change(demo.preview, image, preview, show_progress="hidden")
-            button.click(demo.classify, [image, labels], scores, api_name="classify", concurrency_limit=CONCURRENCY)
-            gr.Examples(demo.examples, [image, labels])
-        with gr.Tab("Image-text retrieval"):
-            query = gr.Textbox(label="Describe an image", elem_id="query")
-            search = gr.Button("Search the gallery", elem_id="search")
-            results = gr.Gallery(label="Closest images", columns=6, elem_id="results")
-            search.click(demo.retrieve, query, results, api_name="retrieve", concurrency_limit=CONCURRENCY)
+        gr.Markdown(f"# Florence for Transformers\nCoSwin + UniCL on CPU. Images up to {MAX_UPLOAD_MB:g} MB and "
+                    f"{MAX_PIXELS / 1e6:g} MP; videos up to {MAX_VIDEO_MB:g} MB, {MAX_VIDEO_FRAMES} frames and "
+                    f"{MAX_VIDEO_PIXELS / 1e6:g} MP a frame.")
+        for demo in demos:
+            demo.tab()
     return app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
 
 
 def main() -> None:
-    app = build_app(FlorenceDemo())
+    app = build_app([demo() for demo in DEMOS])
     app.launch(
         server_name=os.environ.get("FLORENCE_HOST", "127.0.0.1"),
         server_port=int(os.environ.get("FLORENCE_PORT", "7860")),
-        max_file_size=f"{MAX_UPLOAD_MB:g}mb",
+        max_file_size=f"{max(MAX_UPLOAD_MB, MAX_VIDEO_MB):g}mb",
         show_error=True,
     )
 
