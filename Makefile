@@ -38,7 +38,8 @@ demo-vqa: install
 	test -d outputs/florence-tiny-shapes || $(MAKE) demo
 	$(PY) examples/finetune_vqa.py --florence outputs/florence-tiny-shapes --output outputs/florence-vqa-tiny-shapes
 
-# The Gradio demo Space on the `make demo` model (FLORENCE_MODEL=folder-or-repo to change), http://127.0.0.1:7860.
+# The Gradio demo Space on the `make demo*` models (FLORENCE_MODEL, FLORENCE_DETECTION_MODEL, FLORENCE_VQA_MODEL,
+# FLORENCE_VIDEO_MODEL = folder or repo id to change; a missing one is a note in its tab), http://127.0.0.1:7860.
 app: install
 	$(PY) examples/space/app.py
 # Detection demo: from the `make demo` model (made first if missing), fine-tune florence-detection-tiny on Shapes

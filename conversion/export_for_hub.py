@@ -139,8 +139,8 @@ def write_auto_maps(output: Path, part) -> None:
         _update_json(output / "tokenizer_config.json",
                      lambda c: c.update(auto_map={"AutoTokenizer": [reference(type(part)), None]}))
     else:  # an image processor on its own: it is also what AutoProcessor gives
-        _update_json(output / "preprocessor_config.json",
-                     lambda c: c.update(auto_map={**image_processor_auto_map(part), "AutoProcessor": reference(type(part))}))
+        auto_map = {**image_processor_auto_map(part), "AutoProcessor": reference(type(part))}
+        _update_json(output / "preprocessor_config.json", lambda c: c.update(auto_map=auto_map))
 
 
 def _update_json(path: Path, update) -> None:

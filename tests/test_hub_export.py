@@ -30,11 +30,14 @@ DETECTION_CLASSES = ["red circle", "blue star", "green cross"]
 # The pipelines each task model serves, run from the exported folder with the package blocked: (task, call kwargs,
 # input: a 40x56 grey image or a small mp4 written with PyAV).
 PIPELINES = {
-    "FlorenceModel": [("zero-shot-image-classification", {"candidate_labels": ["a red circle", "a blue square"]}, "image")],
+    "FlorenceModel": [
+        ("zero-shot-image-classification", {"candidate_labels": ["a red circle", "a blue square"]}, "image"),
+    ],
     "FlorenceForImageClassification": [("image-classification", {}, "image")],
     "FlorenceForObjectDetection": [
         ("object-detection", {"threshold": 0.0}, "image"),
-        ("zero-shot-object-detection", {"candidate_labels": ["yellow ring", "purple hexagon"], "threshold": 0.0}, "image"),
+        ("zero-shot-object-detection", {"candidate_labels": ["yellow ring", "purple hexagon"], "threshold": 0.0},
+         "image"),
     ],
     "FlorenceForVideoClassification": [("video-classification", {}, "video")],
 }
@@ -85,8 +88,10 @@ if "AutoTokenizer" in loaded:
 if "AutoProcessor" in loaded and hasattr(loaded["AutoProcessor"], "answer_vocabulary"):
     result["answers"] = loaded["AutoProcessor"].answer_vocabulary
 image = Image.fromarray(np.full((40, 56, 3), 200, np.uint8))
-result["pipelines"] = [pipeline(task, model=folder, trust_remote_code=True)(image if kind == "image" else video, **kwargs)
-                       for task, kwargs, kind in pipelines]
+result["pipelines"] = [
+    pipeline(task, model=folder, trust_remote_code=True)(image if kind == "image" else video, **kwargs)
+    for task, kwargs, kind in pipelines
+]
 print("RESULT" + json.dumps(result))
 """
 
@@ -111,7 +116,8 @@ def save_with_processor(model, folder: Path) -> None:
         mf.FlorenceDetectionImageProcessor.from_detection_config(model.config, size=size).save_pretrained(folder)
         mf.FlorenceDetectionTokenizer.from_defaults().save_pretrained(folder)
     elif isinstance(model, mf.FlorenceForVQA):
-        mf.FlorenceVQAProcessor.from_defaults(image_size=IMAGE_SIZE, answer_vocabulary=VQA_ANSWERS).save_pretrained(folder)
+        processor = mf.FlorenceVQAProcessor.from_defaults(image_size=IMAGE_SIZE, answer_vocabulary=VQA_ANSWERS)
+        processor.save_pretrained(folder)
     else:
         FlorenceProcessor.from_defaults(image_size=IMAGE_SIZE, num_frames=4).save_pretrained(folder)
 

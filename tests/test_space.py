@@ -244,8 +244,10 @@ def test_vqa_answers_with_scores(app_url, image_path, task_folders):
     model = mf.FlorenceForVQA.from_pretrained(task_folders["FLORENCE_VQA_MODEL"]).eval()
     processor = mf.FlorenceVQAProcessor.from_pretrained(task_folders["FLORENCE_VQA_MODEL"])
     with torch.no_grad():
-        expected = processor.post_process_vqa(model(**processor(text=[question], images=[Image.open(image_path)])))[0][0]
-    assert answer["label"] == expected["answer"] and scores[expected["answer"]] == pytest.approx(expected["score"], abs=1e-5)
+        outputs = model(**processor(text=[question], images=[Image.open(image_path)]))
+    expected = processor.post_process_vqa(outputs)[0][0]
+    assert answer["label"] == expected["answer"]
+    assert scores[expected["answer"]] == pytest.approx(expected["score"], abs=1e-5)
 
 
 def test_video_actions_from_the_classifier_and_zero_shot(app_url, tmp_path):

@@ -179,7 +179,8 @@ class TaskDemo:
 class FlorenceDemo(TaskDemo):
     """The two-tower model, its processor and a small Shapes gallery: zero-shot classification and retrieval."""
 
-    env, default, make_target, title = "FLORENCE_MODEL", "outputs/florence-tiny-shapes", "demo", "Zero-shot classification"
+    env, default = "FLORENCE_MODEL", "outputs/florence-tiny-shapes"
+    make_target, title = "demo", "Zero-shot classification"
 
     def load(self, source: str) -> None:
         self.model = AutoModel.from_pretrained(source).eval()
@@ -328,7 +329,8 @@ class VideoDemo(TaskDemo):
     """Actions of a clip: the classifier's labels, or zero-shot over comma-separated action names with the video-text
     model (`FlorenceVideoModel`: the folder itself, or its `video-text` subfolder as `make demo-video` saves it)."""
 
-    env, default, make_target, title = "FLORENCE_VIDEO_MODEL", "outputs/florence-video-tiny-shapes", "demo-video", "Video"
+    env, default = "FLORENCE_VIDEO_MODEL", "outputs/florence-video-tiny-shapes"
+    make_target, title = "demo-video", "Video"
 
     def load(self, source: str) -> None:
         architecture = (AutoConfig.from_pretrained(source).architectures or [""])[0]
