@@ -55,7 +55,8 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 # Video CoSwin: inflate the `make demo` model into florence-video-tiny, report zero-shot action accuracy, fine-tune on
-# Shapes video (video-text UniCL, then classification), evaluate held-out clips, save a pipeline-ready folder.
+# Shapes video (video-text UniCL, then classification), evaluate held-out videos with multi-view testing (2 clips x 3
+# crops, probabilities averaged per video), save a pipeline-ready folder.
 demo-video: install
 	test -d outputs/florence-tiny-shapes || $(MAKE) demo
-	$(PY) examples/train_video.py --image-model outputs/florence-tiny-shapes --output outputs/florence-video-tiny-shapes
+	$(PY) examples/finetune_video.py --image-model outputs/florence-tiny-shapes --output outputs/florence-video-tiny-shapes

@@ -7,7 +7,11 @@ faster) and the activation memory training holds:
   - Video CoSwin-T in `conv` mode (Florence's 3-D convolutional tokenizer and merging) vs the same peer.
 Goal: `merge` mode >= 1.0x torchvision forward and backward.
 
+`--clock process` times CPU seconds of this process instead of wall seconds: on a machine shared with other jobs,
+wall time mostly measures waiting for a core (use it with `--threads 1`, where CPU time is the work done).
+
     python bench/bench_video.py [--threads 2] [--batch-sizes 1 2] [--frames 16] [--size 224] [--repeats 3]
+                                [--clock wall|process]
 """
 
 import argparse
@@ -24,7 +28,7 @@ from conversion.convert_video_swin import convert  # noqa: E402
 from modeling_florence import FlorenceVideoVisionConfig, FlorenceVideoVisionModel  # noqa: E402
 
 
-def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+def interleaved_medians(functions: dict, repeats: int, warmup: int = 1, clock=time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each function, run round-robin so machine drift hits all alike."""
     for function in functions.values():
         for _ in range(warmup):
@@ -32,9 +36,9 @@ def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict[
     samples = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
-            start = time.perf_counter()
+            start = clock()
             function()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -60,6 +64,7 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clock", default="wall", choices=["wall", "process"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -83,7 +88,7 @@ def main(argv=None):
         if backward:
             out.float().square().mean().backward()
 
-    print(f"device {device}, threads {args.threads}, {args.frames} frames x {args.size} px, fp32 "
+    print(f"device {device}, threads {args.threads}, {args.clock} clock, {args.frames} frames x {args.size} px, fp32 "
           f"(median of {args.repeats}; ratio = torchvision time / ours, > 1 is faster)")
     header = f"{'batch':>5} | {'pass':<16} | {'torchvision s':>13} | {'merge s':>8} | {'ratio':>5} | {'conv s':>7} | {'ratio':>5}"
     print(header + "\n" + "-" * len(header))
@@ -96,7 +101,8 @@ def main(argv=None):
                     functions[name] = lambda name=name: run(name, clip, True)
                 else:
                     functions[name] = lambda name=name: torch.no_grad()(run)(name, clip, False)
-            times = interleaved_medians(functions, args.repeats)
+            times = interleaved_medians(functions, args.repeats,
+                                        clock=time.process_time if args.clock == "process" else time.perf_counter)
             peer_time = times["torchvision swin3d_t"]
             label = "forward+backward" if backward else "forward"
             print(f"{batch:>5} | {label:<16} | {peer_time:>13.3f} | {times['florence merge']:>8.3f} | "

@@ -214,41 +214,91 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
-class FlorenceVisionWindowAttention(nn.Module):
-    """Multi-head self-attention inside windows, with a learned relative-position bias per head."""
+def window_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bias: torch.Tensor,
+    shift_mask: torch.Tensor | None = None,
+    output_attentions: bool = False,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Multi-head attention inside windows, for 2-D and 3-D windows alike: softmax(q k^T * scale + bias + mask) v.
 
-    def __init__(self, config: FlorenceVisionConfig, dim: int, num_heads: int):
+    `query`, `key`, `value`: `(B * windows, heads, N, D)`, windows ordered clip-major; `bias`: the `(heads, N, N)`
+    relative-position bias; `shift_mask`: the `(windows, N, N)` additive shifted-window mask or None. Returns
+    `(B * windows, N, heads, D)` and, when `output_attentions`, the `(B * windows, heads, N, N)` weights.
+
+    The bias and the mask are one `(windows | 1, heads, N, N)` additive mask, never repeated for every clip of the
+    batch: the eager path adds it by broadcasting, and on CPU a kernel (`sdpa`, ...) takes it clip by clip, where
+    repeating it would write and, in training, reduce `B` copies of the largest tensor of the block. On accelerators
+    one kernel call over the repeated mask is kept (a launch per clip costs more there)."""
+    windows_total, heads, tokens, _ = query.shape
+    dropout = module.dropout if module.training else 0.0
+    mask = bias.unsqueeze(0) if shift_mask is None else bias.unsqueeze(0) + shift_mask.unsqueeze(1)
+    implementation = module.config._attn_implementation
+    if output_attentions and implementation != "eager":
+        logger.warning_once(
+            f"output_attentions=True runs the eager attention (the {implementation!r} kernel returns no weights); "
+            "load the model with attn_implementation=\"eager\" to make that the default"
+        )
+    if output_attentions or implementation == "eager":
+        scores = torch.matmul(query * module.scaling, key.transpose(-1, -2))
+        scores = (scores.view(-1, mask.shape[0], heads, tokens, tokens) + mask).view(windows_total, heads, tokens, tokens)
+        weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        weights = F.dropout(weights, p=dropout, training=module.training)
+        attn_output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+        return attn_output, weights if output_attentions else None
+
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    windows = mask.shape[0]
+    if windows == 1 or windows == windows_total:  # broadcasts as it is
+        return interface(module, query, key, value, mask, scaling=module.scaling, dropout=dropout, is_causal=False,
+                         **kwargs)
+    if query.device.type != "cpu":
+        mask = mask.unsqueeze(0).expand(windows_total // windows, -1, -1, -1, -1).flatten(0, 1)
+        return interface(module, query, key, value, mask, scaling=module.scaling, dropout=dropout, is_causal=False,
+                         **kwargs)
+    outputs = [
+        interface(module, clip_query, clip_key, clip_value, mask, scaling=module.scaling, dropout=dropout,
+                  is_causal=False, **kwargs)[0]
+        for clip_query, clip_key, clip_value in zip(query.split(windows), key.split(windows), value.split(windows))
+    ]
+    return torch.cat(outputs), None
+
+
+class FlorenceWindowAttentionBase(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative-position bias per head, shared by the 2-D
+    CoSwin and Video CoSwin: a subclass sets the bias table's size and says how a window reads it
+    (`relative_position_bias`). Runs through :func:`window_attention`."""
+
+    def __init__(self, config, dim: int, num_heads: int, table_rows: int):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scaling = self.head_dim**-0.5
-        self.window_size = config.window_size
         self.dropout = config.attention_probs_dropout_prob
         self.is_causal = False
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * self.window_size - 1) ** 2, num_heads))
-        full = (self.window_size, self.window_size)
-        self.register_buffer(
-            "relative_position_index", relative_position_index(full, self.window_size), persistent=False
-        )
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(table_rows, num_heads))
         self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def relative_position_bias(self, window: tuple[int, int]) -> torch.Tensor:
-        """`(heads, N, N)` bias for a window; a window smaller than the configured one reads its exact sub-table."""
-        if window == (self.window_size, self.window_size):
-            index = self.relative_position_index
-        else:
-            index = relative_position_index(window, self.window_size, device=self.relative_position_bias_table.device)
-        tokens = window[0] * window[1]
+    def relative_position_bias(self, window: tuple[int, ...]) -> torch.Tensor:
+        """`(heads, N, N)` bias of a window."""
+        raise NotImplementedError
+
+    def gather_bias(self, index: torch.Tensor, tokens: int) -> torch.Tensor:
+        """`(heads, N, N)` rows of the bias table at an `(N, N)` index."""
         bias = self.relative_position_bias_table[index.reshape(-1)].view(tokens, tokens, self.num_heads)
         return bias.permute(2, 0, 1)
 
     def forward(
         self,
         windows: torch.Tensor,
-        window: tuple[int, int],
+        window: tuple[int, ...],
         shift_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         **kwargs,
@@ -256,28 +306,32 @@ class FlorenceVisionWindowAttention(nn.Module):
         num_windows_total, tokens, channels = windows.shape
         qkv = self.qkv(windows).view(num_windows_total, tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-
-        attention_mask = self.relative_position_bias(window).unsqueeze(0).to(query.dtype)
-        if shift_mask is not None:
-            num_windows = shift_mask.shape[0]
-            attention_mask = attention_mask + shift_mask.unsqueeze(1)  # (windows, heads, N, N)
-            batch = num_windows_total // num_windows
-            attention_mask = attention_mask.unsqueeze(0).expand(batch, -1, -1, -1, -1)
-            attention_mask = attention_mask.reshape(num_windows_total, self.num_heads, tokens, tokens)
-
-        attn_output, attn_weights = attention_function(self.config, output_attentions)(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-            is_causal=False,
-            **kwargs,
+        bias = self.relative_position_bias(window).to(query.dtype)
+        attn_output, attn_weights = window_attention(
+            self, query, key, value, bias, shift_mask, output_attentions=output_attentions, **kwargs
         )
         attn_output = self.proj_dropout(self.proj(attn_output.reshape(num_windows_total, tokens, channels)))
         return attn_output, attn_weights
+
+
+class FlorenceVisionWindowAttention(FlorenceWindowAttentionBase):
+    """CoSwin's window attention: square windows, a `(2W-1)^2`-row bias table."""
+
+    def __init__(self, config: FlorenceVisionConfig, dim: int, num_heads: int):
+        super().__init__(config, dim, num_heads, (2 * config.window_size - 1) ** 2)
+        self.window_size = config.window_size
+        full = (self.window_size, self.window_size)
+        self.register_buffer(
+            "relative_position_index", relative_position_index(full, self.window_size), persistent=False
+        )
+
+    def relative_position_bias(self, window: tuple[int, int]) -> torch.Tensor:
+        """`(heads, N, N)` bias for a window; a window smaller than the configured one reads its exact sub-table."""
+        if window == (self.window_size, self.window_size):
+            index = self.relative_position_index
+        else:
+            index = relative_position_index(window, self.window_size, device=self.relative_position_bias_table.device)
+        return self.gather_bias(index, window[0] * window[1])
 
 
 class FlorenceVisionMLP(nn.Module):
@@ -346,17 +400,12 @@ class FlorenceVisionLayer(GradientCheckpointingLayer):
         return (hidden_states, attn_weights) if output_attentions else (hidden_states,)
 
 
-class FlorenceVisionStage(nn.Module):
-    """Optional downsampling (every stage but the first) followed by blocks alternating plain and shifted windows."""
+class FlorenceStageBase(nn.Module):
+    """A stage's forward, shared by the 2-D CoSwin and Video CoSwin: `downsample` (None in the first stage), then the
+    `blocks`, collecting their attention weights when asked."""
 
-    def __init__(self, config: FlorenceVisionConfig, stage: int, drop_path_rates: list[float]):
-        super().__init__()
-        dim = config.stage_dims[stage]
-        self.downsample = DOWNSAMPLERS[config.downsample](config, dim // 2) if stage > 0 else None
-        self.blocks = nn.ModuleList(
-            FlorenceVisionLayer(config, dim, config.num_heads[stage], shifted=index % 2 == 1, drop_path_rate=rate)
-            for index, rate in enumerate(drop_path_rates)
-        )
+    downsample: nn.Module | None
+    blocks: nn.ModuleList
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
         if self.downsample is not None:
@@ -368,6 +417,20 @@ class FlorenceVisionStage(nn.Module):
             if output_attentions:
                 attentions += (outputs[1],)
         return hidden_states, attentions
+
+
+class FlorenceVisionStage(FlorenceStageBase):
+    """Optional downsampling (every stage but the first) followed by blocks alternating plain and shifted windows."""
+
+    def __init__(self, config: FlorenceVisionConfig, stage: int, drop_path_rates: list[float]):
+        super().__init__()
+        dim = config.stage_dims[stage]
+        self.downsample = DOWNSAMPLERS[config.downsample](config, dim // 2) if stage > 0 else None
+        self.blocks = nn.ModuleList(
+            FlorenceVisionLayer(config, dim, config.num_heads[stage], shifted=index % 2 == 1, drop_path_rate=rate)
+            for index, rate in enumerate(drop_path_rates)
+        )
+
 
 
 class FlorenceVisionPreTrainedModel(PreTrainedModel):

@@ -36,12 +36,12 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_florence_video import FlorenceVideoConfig, FlorenceVideoVisionConfig
 from .modeling_coswin import (
-    attention_function,
-    record_tokens,
     SHIFTED_WINDOW_MASK_VALUE,
     FlorenceDropPath,
+    FlorenceStageBase,
     FlorenceVisionMLP,
-    eager_attention_forward,
+    FlorenceWindowAttentionBase,
+    record_tokens,
     resolve_output_flags,
 )
 from .loss_florence import global_batch_unicl_loss
@@ -255,32 +255,20 @@ def shifted_window_mask_3d(padded_size: Size3, window: Size3, shift: Size3, devi
     return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill_(different, SHIFTED_WINDOW_MASK_VALUE)
 
 
-class FlorenceVideoWindowAttention(nn.Module):
-    """Multi-head self-attention inside 3-D windows with a learned 3-D relative-position bias per head.
-
-    Runs through `ALL_ATTENTION_FUNCTIONS` (`sdpa` by default, `eager` as the reference); the bias and the
-    shifted-window mask are one additive float mask."""
+class FlorenceVideoWindowAttention(FlorenceWindowAttentionBase):
+    """Multi-head self-attention inside 3-D windows with a learned 3-D relative-position bias per head (the 2-D
+    CoSwin's attention with a `(2Wt-1)(2Wh-1)(2Ww-1)`-row table)."""
 
     def __init__(self, config: FlorenceVideoVisionConfig, dim: int, num_heads: int, window_size: Size3):
-        super().__init__()
-        self.config = config
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scaling = self.head_dim**-0.5
-        self.window_size = tuple(window_size)
-        self.dropout = config.attention_probs_dropout_prob
-        self.is_causal = False
-        table_rows = math.prod(2 * size - 1 for size in self.window_size)
-        self.relative_position_bias_table = nn.Parameter(torch.zeros(table_rows, num_heads))
+        window_size = tuple(window_size)
+        super().__init__(config, dim, num_heads, math.prod(2 * size - 1 for size in window_size))
+        self.window_size = window_size
         self.register_buffer(
             "relative_position_index",
             relative_position_index_3d(self.window_size, self.window_size),
             persistent=False,
         )
         self.shrunk_window_index: Callable = WINDOW_BIAS_INDEX[config.window_bias]
-        self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def relative_position_bias(self, window: Size3) -> torch.Tensor:
         """`(heads, N, N)` bias for a window (the configured one, or one shrunk to a small feature map)."""
@@ -288,43 +276,7 @@ class FlorenceVideoWindowAttention(nn.Module):
             index = self.relative_position_index
         else:
             index = self.shrunk_window_index(window, self.window_size, self.relative_position_index)
-        tokens = window[0] * window[1] * window[2]
-        bias = self.relative_position_bias_table[index.reshape(-1)].view(tokens, tokens, self.num_heads)
-        return bias.permute(2, 0, 1)
-
-    def forward(
-        self,
-        windows: torch.Tensor,
-        window: Size3,
-        shift_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        num_windows_total, tokens, channels = windows.shape
-        qkv = self.qkv(windows).view(num_windows_total, tokens, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-
-        attention_mask = self.relative_position_bias(window).unsqueeze(0).to(query.dtype)
-        if shift_mask is not None:
-            num_windows = shift_mask.shape[0]
-            attention_mask = attention_mask + shift_mask.unsqueeze(1)  # (windows, heads, N, N)
-            batch = num_windows_total // num_windows
-            attention_mask = attention_mask.unsqueeze(0).expand(batch, -1, -1, -1, -1)
-            attention_mask = attention_mask.reshape(num_windows_total, self.num_heads, tokens, tokens)
-
-        attn_output, attn_weights = attention_function(self.config, output_attentions)(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-            is_causal=False,
-            **kwargs,
-        )
-        attn_output = self.proj_dropout(self.proj(attn_output.reshape(num_windows_total, tokens, channels)))
-        return attn_output, attn_weights
+        return self.gather_bias(index, window[0] * window[1] * window[2])
 
 
 class FlorenceVideoLayer(GradientCheckpointingLayer):
@@ -395,7 +347,7 @@ class FlorenceVideoLayer(GradientCheckpointingLayer):
         return (hidden_states, attn_weights) if output_attentions else (hidden_states,)
 
 
-class FlorenceVideoStage(nn.Module):
+class FlorenceVideoStage(FlorenceStageBase):
     """Merging (every stage but the first) followed by blocks alternating plain and shifted 3-D windows."""
 
     def __init__(self, config: FlorenceVideoVisionConfig, stage: int, drop_path_rates: list[float]):
@@ -407,17 +359,6 @@ class FlorenceVideoStage(nn.Module):
             FlorenceVideoLayer(config, dim, config.num_heads[stage], window, shifted=index % 2 == 1, drop_path_rate=rate)
             for index, rate in enumerate(drop_path_rates)
         )
-
-    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
-        if self.downsample is not None:
-            hidden_states = self.downsample(hidden_states)
-        attentions = ()
-        for block in self.blocks:
-            outputs = block(hidden_states, output_attentions=output_attentions, **kwargs)
-            hidden_states = outputs[0]
-            if output_attentions:
-                attentions += (outputs[1],)
-        return hidden_states, attentions
 
 
 # ----------------------------------------------------------------------------------------------------------------------
