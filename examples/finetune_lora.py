@@ -43,7 +43,7 @@ def main(argv=None):
     parser.add_argument("--num_test", type=int, default=600)
     parser.add_argument("--epochs", type=float, default=15)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--learning_rate", type=float, default=1e-2, help="LoRA and head")
     parser.add_argument("--full_learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

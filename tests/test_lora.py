@@ -23,18 +23,18 @@ from modeling_florence.peft_florence import (
 
 MODEL_CLASSES = [pytest.param(cls, id=cls.__name__) for cls in exported_model_classes()]
 EXPECTED_DEFAULTS = {  # the README / module docstring table
-    "FlorenceVisionModel": ({"qkv", "proj", "fc1", "fc2"}, set()),
-    "FlorenceVisionBackbone": ({"qkv", "proj", "fc1", "fc2"}, set()),
+    "FlorenceVisionModel": ({"qkv", "proj", "fc1", "fc2", "projection"}, set()),
+    "FlorenceVisionBackbone": ({"qkv", "proj", "fc1", "fc2", "projection"}, set()),
     "FlorenceTextModel": ({"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}, set()),
     "FlorenceModel": (set(DEFAULT_TARGET_NAMES), {"visual_projection", "text_projection"}),
-    "FlorenceForImageClassification": ({"qkv", "proj", "fc1", "fc2"}, {"classifier"}),
-    "FlorenceVideoVisionModel": ({"qkv", "proj", "fc1", "fc2"}, set()),
+    "FlorenceForImageClassification": ({"qkv", "proj", "fc1", "fc2", "projection"}, {"classifier"}),
+    "FlorenceVideoVisionModel": ({"qkv", "proj", "fc1", "fc2", "projection"}, set()),
     "FlorenceVideoModel": (set(DEFAULT_TARGET_NAMES), {"visual_projection", "text_projection"}),
-    "FlorenceForVideoClassification": ({"qkv", "proj", "fc1", "fc2"}, {"classifier"}),
+    "FlorenceForVideoClassification": ({"qkv", "proj", "fc1", "fc2", "projection"}, {"classifier"}),
     "FlorenceFusionModel": (set(DEFAULT_TARGET_NAMES), set()),
     "FlorenceForVQA": (set(DEFAULT_TARGET_NAMES), {"vqa_head"}),
     "FlorenceForVisionLanguagePretraining": (set(DEFAULT_TARGET_NAMES), {"itm_head", "mlm_head"}),
-    "FlorenceForObjectDetection": ({"qkv", "proj", "fc1", "fc2"}, {"hidden_states_norms", "fpn", "dyhead", "head"}),  # closed-set tiny detector
+    "FlorenceForObjectDetection": ({"qkv", "proj", "fc1", "fc2", "projection"}, {"hidden_states_norms", "fpn", "dyhead", "head"}),  # closed-set tiny detector
 }
 
 
