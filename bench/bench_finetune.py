@@ -1,7 +1,8 @@
 """Full fine-tuning vs LoRA: training steps/s and peak memory of `FlorenceForImageClassification`.
 
 Default: florence-base's CoSwin-B at 224 px, batch 8, on the CPU, a few timed steps each (short; raise --steps for
-steadier numbers). With a GPU (`--device cuda`) it also runs bf16 autocast with gradient checkpointing. Peak memory is
+steadier numbers), in three settings: fp32, fp32 with gradient checkpointing, and bf16 autocast with gradient
+checkpointing (the setting of a GPU run, `--device cuda`; this CPU has bf16 matmuls too). Peak memory is
 the process's peak RSS growth over the run on CPU (each configuration runs in its own subprocess, so peaks do not
 mix) and `torch.cuda.max_memory_allocated` on GPU. Prints a table and the LoRA / full ratios (goal: LoRA >= 1.3x
 faster, >= 40% less peak memory).
@@ -36,9 +37,13 @@ def build(preset: str, image_size: int, num_labels: int = 1000):
     return mf.FlorenceForImageClassification(config)
 
 
+SETTINGS = {"fp32": (False, False), "fp32+ckpt": (False, True), "bf16+ckpt": (True, True)}  # (bf16, checkpointing)
+
+
 def measure(preset: str, mode: str, image_size: int, batch: int, steps: int, warmup: int, device: str,
-            bf16_checkpointing: bool) -> dict:
+            setting: str) -> dict:
     """One configuration, in this process: optimizer steps/s and peak memory."""
+    bf16, checkpointing = SETTINGS[setting]
     torch.manual_seed(0)
     before = peak_rss_mib()
     model = build(preset, image_size).to(device).train()
@@ -46,7 +51,7 @@ def measure(preset: str, mode: str, image_size: int, batch: int, steps: int, war
         from peft import get_peft_model
 
         model = get_peft_model(model, default_lora_config(model, r=8))
-    if bf16_checkpointing:
+    if checkpointing:
         (model.get_base_model() if mode == "lora" else model).gradient_checkpointing_enable()
     trainable, total = parameter_counts(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -54,7 +59,7 @@ def measure(preset: str, mode: str, image_size: int, batch: int, steps: int, war
     labels = torch.randint(0, 1000, (batch,), device=device)
 
     def step():
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16_checkpointing):
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             loss = model(pixel_values=pixel_values, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -72,7 +77,7 @@ def measure(preset: str, mode: str, image_size: int, batch: int, steps: int, war
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mib() - before
-    return {"mode": mode, "bf16_checkpointing": bf16_checkpointing, "steps_per_s": steps / seconds,
+    return {"mode": mode, "setting": setting, "steps_per_s": steps / seconds,
             "peak_mib": peak, "trainable": trainable, "total": total}
 
 
@@ -84,21 +89,19 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = parser.parse_args(argv)
 
     if args.one:
-        mode, bf16 = args.one.split(",")
+        mode, setting = args.one.split(",")
         print(json.dumps(measure(args.preset, mode, args.image_size, args.batch_size, args.steps, args.warmup,
-                                 args.device, bf16 == "1")))
+                                 args.device, setting)))
         return
 
-    configurations = [("full", "0"), ("lora", "0")]
-    if args.device.startswith("cuda"):
-        configurations += [("full", "1"), ("lora", "1")]
     rows = []
-    for mode, bf16 in configurations:
-        command = [sys.executable, __file__, "--one", f"{mode},{bf16}", "--preset", args.preset, "--image_size",
+    for setting, mode in [(setting, mode) for setting in args.settings for mode in ("full", "lora")]:
+        command = [sys.executable, __file__, "--one", f"{mode},{setting}", "--preset", args.preset, "--image_size",
                    str(args.image_size), "--batch_size", str(args.batch_size), "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--device", args.device]
         result = subprocess.run(command, capture_output=True, text=True, env=os.environ)
@@ -107,16 +110,16 @@ def main(argv=None):
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
 
     print(f"{args.preset}, {args.image_size} px, batch {args.batch_size}, {args.device}, {args.steps} timed steps")
-    print("mode | bf16+ckpt | steps/s | peak MiB | trainable")
+    print("mode | setting   | steps/s | peak MiB | trainable")
     for row in rows:
-        print(f"{row['mode']:<4} | {'yes' if row['bf16_checkpointing'] else 'no':<9} | {row['steps_per_s']:7.3f} | "
+        print(f"{row['mode']:<4} | {row['setting']:<9} | {row['steps_per_s']:7.3f} | "
               f"{row['peak_mib']:8.0f} | {row['trainable']:,} of {row['total']:,}")
-    for bf16 in (False, True):
-        pair = {row["mode"]: row for row in rows if row["bf16_checkpointing"] == bf16}
+    for setting in args.settings:
+        pair = {row["mode"]: row for row in rows if row["setting"] == setting}
         if len(pair) == 2:
             speed = pair["lora"]["steps_per_s"] / pair["full"]["steps_per_s"]
             memory = 1 - pair["lora"]["peak_mib"] / pair["full"]["peak_mib"]
-            print(f"LoRA vs full{' (bf16 + checkpointing)' if bf16 else ''}: {speed:.2f}x steps/s (goal >= 1.3x), "
+            print(f"LoRA vs full ({setting}): {speed:.2f}x steps/s (goal >= 1.3x), "
                   f"{100 * memory:.0f}% less peak memory (goal >= 40%)")
 
 

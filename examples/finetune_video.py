@@ -48,6 +48,7 @@ from modeling_florence import (  # noqa: E402
     text_labels,
 )
 from modeling_florence.data_florence import load_video_folder  # noqa: E402
+from modeling_florence.model_card import write_model_card  # noqa: E402
 from modeling_florence.evaluation_florence import TopKAccuracy, format_table  # noqa: E402
 from modeling_florence.evaluation_florence_video import (  # noqa: E402
     VideoViewsCollator,
@@ -135,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels-csv", default=None, help="--data folder: csv with path, label (, caption)")
     parser.add_argument("--test-csv", default=None, help="--data folder: held-out csv (default: a random split)")
     parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--num-train", type=int, default=1400, help="Shapes training videos")
+    parser.add_argument("--num-train", type=int, default=4000, help="Shapes training videos")
     parser.add_argument("--num-test", type=int, default=400, help="Shapes held-out videos")
     parser.add_argument("--image-size", type=int, default=32, help="crop size the model sees")
     parser.add_argument("--resize", type=int, default=None, help="shortest edge before cropping (default: image size)")
@@ -147,8 +148,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-clips", type=int, default=2, help="temporal clips per held-out video")
     parser.add_argument("--eval-crops", type=int, default=3, choices=[1, 3], help="spatial crops per clip")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--video-text-epochs", type=float, default=10, help="0 skips the video-text stage")
-    parser.add_argument("--classification-epochs", type=float, default=2)
+    parser.add_argument("--video-text-epochs", type=float, default=15, help="0 skips the video-text stage")
+    parser.add_argument("--classification-epochs", type=float, default=20)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -252,6 +253,10 @@ def main(argv=None) -> dict[str, float]:
     processor.save_pretrained(output / "video-text")
     results["wall_time_s"] = time.perf_counter() - start
     (output / "eval_results.json").write_text(json.dumps(results, indent=2))
+    classification = {key: results[key] for key in ("top1", "single_view_top1", "zero_shot_top1_before")}
+    write_model_card(output, model_name=output.name, results={"video-classification": classification})
+    retrieval = {key: value for key, value in results.items() if "R@" in key or key.startswith("zero_shot")}
+    write_model_card(output / "video-text", model_name=f"{output.name}-video-text", results={"video-text": retrieval})
     print(format_table(results))
     print(f"saved to {output} (classifier, pipeline-ready) and {output / 'video-text'} (FlorenceVideoModel)")
     return results

@@ -8,14 +8,22 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForObjectDetection,
+    AutoModelForPreTraining,
     AutoModelForVideoClassification,
+    AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
+    AutoModelForZeroShotObjectDetection,
     AutoProcessor,
     AutoTokenizer,
     AutoVideoProcessor,
 )
-
-from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES, MODEL_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_BACKBONE_MAPPING_NAMES,
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_MAPPING_NAMES,
+)
 
 from .configuration_florence import (
     FlorenceConfig,
@@ -62,11 +70,41 @@ from .modeling_florence_video import (
     FlorenceVideoVisionModelOutput,
 )
 
+from .configuration_florence_detection import FlorenceDetectionConfig
+from .image_processing_florence_detection import FlorenceDetectionImageProcessor
+from .tokenization_florence_detection import FlorenceDetectionTokenizer
+from .modeling_florence_detection import (
+    FlorenceDetectionPreTrainedModel,
+    FlorenceForObjectDetection,
+    FlorenceObjectDetectionOutput,
+)
+from .modeling_florence_classification import FlorenceForImageClassification, check_class_names
+from .peft_florence import default_lora_config
+from .configuration_florence_vqa import FlorenceVQAConfig
+from .modeling_florence_vqa import (
+    FlorenceForVisionLanguagePretraining,
+    FlorenceForVQA,
+    FlorenceFusionModel,
+    FlorenceFusionModelOutput,
+    FlorenceFusionPreTrainedModel,
+    FlorenceVisionLanguagePretrainingOutput,
+    FlorenceVQAOutput,
+)
+from .processing_florence_vqa import (
+    FlorenceVQAProcessor,
+    build_answer_vocabulary,
+    normalize_answer,
+    post_process_vqa,
+)
+
 __version__ = "0.1.0"
 
 
 def _register_auto_classes() -> None:
-    """Make `AutoConfig`, `AutoModel`, `AutoBackbone` and the zero-shot Auto class know the Florence model types."""
+    """Register every Florence model type with the Auto classes (configs, models, processors, tokenizers), so saved
+    folders load through `Auto*.from_pretrained` and the pipelines; one section per model family."""
+    image_processors = {"torchvision": FlorenceImageProcessor, "pil": FlorenceImageProcessorPil}
+    # Two-tower model and its towers.
     for config_class in (FlorenceVisionConfig, FlorenceTextConfig, FlorenceConfig):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
     AutoModel.register(FlorenceVisionConfig, FlorenceVisionModel, exist_ok=True)
@@ -78,15 +116,12 @@ def _register_auto_classes() -> None:
     # `FlorenceVisionBackbone.from_pretrained`); `register` insists on the backbone's own config class, so map it here.
     AutoBackbone._model_mapping.register(FlorenceConfig, FlorenceVisionBackbone, exist_ok=True)
     for config_class in (FlorenceConfig, FlorenceVisionConfig):
-        AutoImageProcessor.register(
-            config_class,
-            image_processor_classes={"torchvision": FlorenceImageProcessor, "pil": FlorenceImageProcessorPil},
-            exist_ok=True,
-        )
+        AutoImageProcessor.register(config_class, image_processor_classes=image_processors, exist_ok=True)
     AutoVideoProcessor.register(FlorenceConfig, FlorenceVideoProcessor, exist_ok=True)
     AutoProcessor.register(FlorenceConfig, FlorenceProcessor, exist_ok=True)
     for config_class in (FlorenceConfig, FlorenceTextConfig):
         AutoTokenizer.register(config_class, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
+
     # Video CoSwin, inflated from the image model.
     for config_class in (FlorenceVideoVisionConfig, FlorenceVideoConfig):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
@@ -101,6 +136,35 @@ def _register_auto_classes() -> None:
     MODEL_MAPPING_NAMES.setdefault(FlorenceVisionConfig.model_type, FlorenceVisionModel.__name__)
     MODEL_MAPPING_NAMES.setdefault(FlorenceTextConfig.model_type, FlorenceTextModel.__name__)
     MODEL_FOR_BACKBONE_MAPPING_NAMES.setdefault(FlorenceVisionConfig.model_type, FlorenceVisionBackbone.__name__)
+
+    # Image classification (fine-tuning): a vision folder, or a two-tower folder (its image tower, a new head: see
+    # `FlorenceForImageClassification`); listed where Transformers lists its own image classifiers for the pipeline.
+    AutoModelForImageClassification.register(FlorenceVisionConfig, FlorenceForImageClassification, exist_ok=True)
+    AutoModelForImageClassification._model_mapping.register(FlorenceConfig, FlorenceForImageClassification,
+                                                            exist_ok=True)
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.setdefault(
+        FlorenceVisionConfig.model_type, FlorenceForImageClassification.__name__
+    )
+
+    # Object detection: both detection pipelines run on a saved detector folder. The object-detection pipeline must
+    # not get a tokenizer (FlorenceDetectionTokenizer declines it), the zero-shot one does.
+    AutoConfig.register(FlorenceDetectionConfig.model_type, FlorenceDetectionConfig, exist_ok=True)
+    for auto_class in (AutoModel, AutoModelForObjectDetection, AutoModelForZeroShotObjectDetection):
+        auto_class.register(FlorenceDetectionConfig, FlorenceForObjectDetection, exist_ok=True)
+    AutoImageProcessor.register(
+        FlorenceDetectionConfig, image_processor_classes={"torchvision": FlorenceDetectionImageProcessor}, exist_ok=True
+    )
+    AutoTokenizer.register(FlorenceDetectionConfig, fast_tokenizer_class=FlorenceDetectionTokenizer, exist_ok=True)
+
+    # METER adapter: AutoModel is the fusion model; a VQA folder holds a VQA processor.
+    AutoConfig.register(FlorenceVQAConfig.model_type, FlorenceVQAConfig, exist_ok=True)
+    AutoModel.register(FlorenceVQAConfig, FlorenceFusionModel, exist_ok=True)
+    AutoModelForVisualQuestionAnswering.register(FlorenceVQAConfig, FlorenceForVQA, exist_ok=True)
+    AutoModelForPreTraining.register(FlorenceVQAConfig, FlorenceForVisionLanguagePretraining, exist_ok=True)
+    AutoImageProcessor.register(FlorenceVQAConfig, image_processor_classes=image_processors, exist_ok=True)
+    AutoProcessor.register(FlorenceVQAConfig, FlorenceVQAProcessor, exist_ok=True)
+    AutoTokenizer.register(FlorenceVQAConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
+    MODEL_MAPPING_NAMES.setdefault(FlorenceVQAConfig.model_type, FlorenceFusionModel.__name__)
 
 
 def _load_local_backbone_folders() -> None:
@@ -130,90 +194,3 @@ def _load_local_backbone_folders() -> None:
 
 _register_auto_classes()
 _load_local_backbone_folders()
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Object detection (issue 11): FlorenceForObjectDetection, its config and image processor
-# ----------------------------------------------------------------------------------------------------------------------
-from .configuration_florence_detection import FlorenceDetectionConfig  # noqa: E402
-from .image_processing_florence_detection import FlorenceDetectionImageProcessor  # noqa: E402
-from .tokenization_florence_detection import FlorenceDetectionTokenizer  # noqa: E402
-from .modeling_florence_detection import (  # noqa: E402
-    FlorenceDetectionPreTrainedModel,
-    FlorenceForObjectDetection,
-    FlorenceObjectDetectionOutput,
-)
-
-
-def _register_detection() -> None:
-    """`florence_detection` folders load through AutoConfig, AutoModel(ForObjectDetection / ForZeroShotObjectDetection),
-    AutoImageProcessor and AutoTokenizer, so both detection pipelines run on a saved detector folder."""
-    from transformers import AutoModelForObjectDetection, AutoModelForZeroShotObjectDetection
-
-    AutoConfig.register(FlorenceDetectionConfig.model_type, FlorenceDetectionConfig, exist_ok=True)
-    for auto_class in (AutoModel, AutoModelForObjectDetection, AutoModelForZeroShotObjectDetection):
-        auto_class.register(FlorenceDetectionConfig, FlorenceForObjectDetection, exist_ok=True)
-    AutoImageProcessor.register(
-        FlorenceDetectionConfig, image_processor_classes={"torchvision": FlorenceDetectionImageProcessor}, exist_ok=True
-    )
-    # The object-detection pipeline must not get a tokenizer (FlorenceDetectionTokenizer declines it), the zero-shot one does.
-    AutoTokenizer.register(FlorenceDetectionConfig, fast_tokenizer_class=FlorenceDetectionTokenizer, exist_ok=True)
-
-
-_register_detection()
-
-# Fine-tuning (issue 14): the image-classification model and LoRA defaults.
-from transformers import AutoModelForImageClassification  # noqa: E402
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES  # noqa: E402
-
-from .modeling_florence_classification import FlorenceForImageClassification, check_class_names  # noqa: E402
-from .peft_florence import default_lora_config  # noqa: E402
-
-AutoModelForImageClassification.register(FlorenceVisionConfig, FlorenceForImageClassification, exist_ok=True)
-# A two-tower folder gives a classifier too (its image tower, a new head: see `FlorenceForImageClassification`).
-AutoModelForImageClassification._model_mapping.register(FlorenceConfig, FlorenceForImageClassification, exist_ok=True)
-# Listed where Transformers lists its own image classifiers, so the image-classification pipeline accepts it.
-MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.setdefault(
-    FlorenceVisionConfig.model_type, FlorenceForImageClassification.__name__
-)
-
-# ----------------------------------------------------------------------------------------------------------------------
-# METER adapter (VQA, fusion pretraining)
-# ----------------------------------------------------------------------------------------------------------------------
-from transformers import AutoModelForPreTraining, AutoModelForVisualQuestionAnswering  # noqa: E402
-
-from .configuration_florence_vqa import FlorenceVQAConfig  # noqa: E402
-from .modeling_florence_vqa import (  # noqa: E402
-    FlorenceForVisionLanguagePretraining,
-    FlorenceForVQA,
-    FlorenceFusionModel,
-    FlorenceFusionModelOutput,
-    FlorenceFusionPreTrainedModel,
-    FlorenceVisionLanguagePretrainingOutput,
-    FlorenceVQAOutput,
-)
-from .processing_florence_vqa import (  # noqa: E402
-    FlorenceVQAProcessor,
-    build_answer_vocabulary,
-    normalize_answer,
-    post_process_vqa,
-)
-
-
-def _register_vqa_auto_classes() -> None:
-    """`florence_vqa` with AutoConfig, AutoModel (the fusion model), the VQA and pretraining Auto classes, and the
-    processor/tokenizer/image-processor Auto classes (a VQA folder holds a Florence processor)."""
-    AutoConfig.register(FlorenceVQAConfig.model_type, FlorenceVQAConfig, exist_ok=True)
-    AutoModel.register(FlorenceVQAConfig, FlorenceFusionModel, exist_ok=True)
-    AutoModelForVisualQuestionAnswering.register(FlorenceVQAConfig, FlorenceForVQA, exist_ok=True)
-    AutoModelForPreTraining.register(FlorenceVQAConfig, FlorenceForVisionLanguagePretraining, exist_ok=True)
-    AutoImageProcessor.register(
-        FlorenceVQAConfig,
-        image_processor_classes={"torchvision": FlorenceImageProcessor, "pil": FlorenceImageProcessorPil},
-        exist_ok=True,
-    )
-    AutoProcessor.register(FlorenceVQAConfig, FlorenceVQAProcessor, exist_ok=True)
-    AutoTokenizer.register(FlorenceVQAConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
-    MODEL_MAPPING_NAMES.setdefault(FlorenceVQAConfig.model_type, FlorenceFusionModel.__name__)
-
-
-_register_vqa_auto_classes()
