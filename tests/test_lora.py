@@ -5,6 +5,7 @@ adapter without LoRA support fails here the day it lands.
 """
 
 import copy
+import math
 
 import pytest
 import torch
@@ -44,12 +45,15 @@ def lora_model(model, r=2, **kwargs):
 
 
 def expected_trainable(model, config) -> int:
-    """LoRA parameters r * (in + out) for every targeted Linear, plus the parameters of the heads saved in full."""
+    """LoRA parameters for every targeted layer: r * (in + out) for a Linear, r * (in * kernel volume + out) for a
+    convolution (A has the layer's kernel, B is 1x1), plus the parameters of the heads saved in full."""
     count = 0
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
         if isinstance(module, torch.nn.Linear) and leaf in config.target_modules:
             count += config.r * (module.in_features + module.out_features)
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)) and leaf in config.target_modules:
+            count += config.r * (module.in_channels * math.prod(module.kernel_size) + module.out_channels)
         if any(name == saved or name.endswith("." + saved) for saved in config.modules_to_save or ()):
             count += sum(p.numel() for p in module.parameters())
     return count
@@ -79,7 +83,8 @@ def test_default_config_trains_a_small_exact_set_of_parameters(cls):
     # every targeted layer was wrapped (none silently skipped)
     wrapped = {name for name, module in lora.named_modules() if hasattr(module, "lora_A")}
     targeted = {name for name, module in model.named_modules()
-                if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets}
+                if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d))
+                and name.rsplit(".", 1)[-1] in targets}
     assert {name.split("base_model.model.", 1)[-1] for name in wrapped} == targeted
 
 
