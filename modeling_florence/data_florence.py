@@ -246,6 +246,12 @@ def load_coco_detection(annotations: str | Path, images_dir: str | Path, strict:
     by_image: dict[int, list] = {}
     for annotation in coco["annotations"]:
         require_columns(annotation.keys(), ["image_id", "bbox", "category_id"], f"{annotations} annotation")
+        if annotation["category_id"] not in category_index:
+            raise ValueError(
+                f"{annotations}: annotation {annotation.get('id', '?')} (image {annotation['image_id']}) has "
+                f"category_id {annotation['category_id']!r}, which is not one of the json's categories "
+                f"{sorted(category_index)}"
+            )
         by_image.setdefault(annotation["image_id"], []).append(annotation)
     counter = SkipCounter(str(annotations), strict)
     rows = []

@@ -126,6 +126,10 @@ def test_coco_detection(tmp_path):
     category = getattr(category, "feature", category)
     assert category.names == ["square", "circle"]
     assert objects["category"] == [1, 0] and objects["bbox"][0] == [1, 2, 10, 12] and objects["area"][1] == 64
+    coco["annotations"][1]["category_id"] = 5
+    (tmp_path / "unknown.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"annotation 11 \(image 1\) has category_id 5, which is not one of .*\[3, 7\]"):
+        load_coco_detection(tmp_path / "unknown.json", tmp_path / "images")
     del coco["categories"]
     (tmp_path / "bad.json").write_text(json.dumps(coco))
     with pytest.raises(ValueError, match="categories"):
