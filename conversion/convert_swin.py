@@ -1,4 +1,4 @@
-"""Convert a Swin Transformer checkpoint (timm, official Swin / UniCL, or Transformers `SwinModel`) to a
+"""Convert a Swin Transformer checkpoint (timm, official Swin / UniCL, mmdetection, or Transformers `SwinModel`) to a
 `FlorenceVisionModel` folder in Swin mode (`patch_embed="linear"`, `downsample="merge"`).
 
 The architecture is read from the tensor shapes, so no config is needed:
@@ -29,7 +29,7 @@ from conversion.checkpoint_io import (  # noqa: E402
 )
 from modeling_florence import FlorenceVisionConfig, FlorenceVisionModel  # noqa: E402
 
-FORMATS = ("auto", "timm", "official", "transformers", "unicl")
+FORMATS = ("auto", "timm", "official", "transformers", "unicl", "mmdet")
 # Buffers and classifier heads that have no counterpart in the encoder.
 IGNORED = re.compile(r"(^|\.)(relative_position_index|attn_mask)$|^(head|classifier|pooler)\.")
 
@@ -46,12 +46,25 @@ BLOCK_RENAMES = {
     "output.dense": "mlp.fc2",
 }
 QKV_NAMES = {"query": "q", "key": "k", "value": "v", "q_proj": "q", "k_proj": "k", "v_proj": "v"}
+# mmdetection / mmsegmentation Swin names -> official Swin names (the inverse of mmdet's `swin_converter`).
+MMDET_RENAMES = (
+    (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^stages\.", "layers."),
+    (r"\.attn\.w_msa\.", ".attn."),
+    (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."),
+    (r"\.ffn\.layers\.1\.", ".mlp.fc2."),
+)
+# mmdet's patch merging gathers each 2x2 neighbourhood with nn.Unfold (channel-major: c * 4 + position, positions
+# x00, x01, x10, x11); Swin concatenates position-major in the order x00, x10, x01, x11.
+UNFOLD_TO_SWIN = [0, 2, 1, 3]
 
 
 def detect_format(state_dict: dict[str, torch.Tensor]) -> str:
     keys = set(state_dict)
     if any(k.startswith("image_encoder.") or k.startswith("visual.layers.") for k in keys):
         return "unicl"
+    if "patch_embed.projection.weight" in keys:
+        return "mmdet"
     if any("patch_embeddings.projection.weight" in k for k in keys):
         return "transformers"
     if "patch_embed.proj.weight" in keys:
@@ -59,7 +72,8 @@ def detect_format(state_dict: dict[str, torch.Tensor]) -> str:
         return "official" if any(k.startswith("layers.0.downsample.") for k in keys) else "timm"
     raise ValueError(
         "Not a Swin checkpoint: found none of 'patch_embed.proj.weight' (timm/official), "
-        "'embeddings.patch_embeddings.projection.weight' (Transformers) or 'image_encoder.' (UniCL) among keys "
+        "'embeddings.patch_embeddings.projection.weight' (Transformers), 'patch_embed.projection.weight' "
+        "(mmdetection) or 'image_encoder.' (UniCL) among keys "
         f"such as {sorted(keys)[:5]}"
     )
 
@@ -96,6 +110,22 @@ def _from_transformers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return converted
 
 
+def mmdet_to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """mmdetection Swin names (`patch_embed.projection`, `stages.S.blocks.B.attn.w_msa.qkv`, `ffn.layers.0.0`,
+    `stages.S.downsample.reduction`) -> official Swin names, with the patch-merging weights put back in Swin's
+    concatenation order. Other keys (e.g. the per-output norms `normI`) are kept as they are."""
+    converted = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in MMDET_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        if re.search(r"\.downsample\.(reduction\.weight|norm\.(weight|bias))$", key):
+            width = value.shape[-1] // 4
+            value = value.reshape(*value.shape[:-1], width, 4).transpose(-1, -2)[..., UNFOLD_TO_SWIN, :]
+            value = value.reshape(*value.shape[:-2], 4 * width)
+        converted[key] = value
+    return converted
+
+
 def _from_timm_or_official(state_dict: dict[str, torch.Tensor], downsample_at_end: bool) -> dict[str, torch.Tensor]:
     converted = {}
     for key, value in state_dict.items():
@@ -122,6 +152,8 @@ def to_florence_state_dict(state_dict: dict[str, torch.Tensor], source_format: s
         raise ValueError(f"The checkpoint looks like the {detected!r} format, not {source_format!r} as claimed")
     if detected == "transformers":
         return _from_transformers(state_dict), detected
+    if detected == "mmdet":
+        return _from_timm_or_official(mmdet_to_official(state_dict), downsample_at_end=True), detected
     if detected == "unicl":
         prefix = "image_encoder." if any(k.startswith("image_encoder.") for k in state_dict) else "visual."
         return _from_timm_or_official(strip_prefix(state_dict, prefix), downsample_at_end=True), detected
