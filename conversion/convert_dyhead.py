@@ -60,18 +60,14 @@ from modeling_florence import FlorenceDetectionConfig, FlorenceForObjectDetectio
 from modeling_florence.configuration_florence_detection import STAGE_NAMES  # noqa: E402
 
 FORMATS = ("auto", "detectron2", "mmdet")
-BRANCHES = ("high", "mid", "low")
+BRANCHES = ("high", "mid", "low")  # DyConv.0, 1, 2 of the official block
 
-# Per layout: where the Swin backbone lives, and the (pattern, replacement) renames of everything else, applied with
-# `re.fullmatch` to the keys outside the backbone. `{lateral}` / `{output}` patterns are resolved by `_fpn_renames`.
+# Per layout: where the Swin backbone lives, and the (pattern, replacement) renames of the DyHead blocks and the head,
+# matched with `re.fullmatch` (the FPN's per-level names are listed by `_fpn_levels`).
 D2_BLOCK = r"backbone\.dyhead_tower\.(\d+)\."
 DETECTRON2_RENAMES = (
-    (D2_BLOCK + r"DyConv\.0\.conv\.(weight|bias)", r"dyhead.\1.spatial_conv_high.conv.\2"),
-    (D2_BLOCK + r"DyConv\.1\.conv\.(weight|bias)", r"dyhead.\1.spatial_conv_mid.conv.\2"),
-    (D2_BLOCK + r"DyConv\.2\.conv\.(weight|bias)", r"dyhead.\1.spatial_conv_low.conv.\2"),
-    (D2_BLOCK + r"DyConv\.0\.bn\.(weight|bias)", r"dyhead.\1.spatial_conv_high.norm.\2"),
-    (D2_BLOCK + r"DyConv\.1\.bn\.(weight|bias)", r"dyhead.\1.spatial_conv_mid.norm.\2"),
-    (D2_BLOCK + r"DyConv\.2\.bn\.(weight|bias)", r"dyhead.\1.spatial_conv_low.norm.\2"),
+    *((D2_BLOCK + rf"DyConv\.{index}\.{theirs}\.(weight|bias)", rf"dyhead.\1.spatial_conv_{branch}.{ours}.\2")
+      for index, branch in enumerate(BRANCHES) for theirs, ours in (("conv", "conv"), ("bn", "norm"))),
     (D2_BLOCK + r"AttnConv\.1\.(weight|bias)", r"dyhead.\1.scale_attention.conv.\2"),
     (D2_BLOCK + r"relu\.fc\.0\.(weight|bias)", r"dyhead.\1.task_attention.reduce.\2"),
     (D2_BLOCK + r"relu\.fc\.2\.(weight|bias)", r"dyhead.\1.task_attention.expand.\2"),
@@ -179,6 +175,9 @@ def rename(state_dict: dict[str, torch.Tensor], source_format: str) -> dict[str,
 def infer_detection_config(state_dict: dict[str, torch.Tensor], source_format: str,
                            id2label: dict[int, str] | None = None, **vision_overrides) -> FlorenceDetectionConfig:
     """The detector's config from converted tensor shapes (GroupNorm groups are not stored: 16, as both sources)."""
+    shape_keys = ("fpn.lateral_convs.0.weight", "fpn.p6.weight", "head.classifier.cls_logits.weight")
+    if missing := [key for key in shape_keys if key not in state_dict]:
+        raise ValueError(f"The checkpoint lacks the weights that give the detector's shape: missing {missing}")
     vision = infer_config(strip_prefix(state_dict, "vision_model."), **vision_overrides)
     out_features = [stage for stage in STAGE_NAMES if f"hidden_states_norms.{stage}.weight" in state_dict]
     laterals = contiguous_indices(state_dict, r"fpn\.lateral_convs\.(\d+)\.", "FPN lateral conv")

@@ -160,9 +160,11 @@ def assert_runs(model):
 def test_detectron2_layout_converts_every_weight_through_the_cli(detectron2_checkpoint, tmp_path):
     path = tmp_path / "dyhead_swint_atss.pth"
     torch.save({"model": detectron2_checkpoint, "iteration": 90000}, path)  # detectron2's checkpointer wrapping
-    main(["--checkpoint", str(path), "--output", str(tmp_path / "out"), "--drop-path-rate", "0"])
+    (tmp_path / "labels.json").write_text('["cat", "dog", "bird"]')
+    main(["--checkpoint", str(path), "--output", str(tmp_path / "out"), "--labels", str(tmp_path / "labels.json")])
     model = FlorenceForObjectDetection.from_pretrained(tmp_path / "out").eval()
     config = model.config
+    assert config.id2label == {0: "cat", 1: "dog", 2: "bird"}
     assert config.upsampled_offset_mode == "detectron2"
     assert (config.fpn_channels, config.num_dyhead_blocks, config.num_labels) == (FPN, BLOCKS, CLASSES)
     assert config.out_features == ["stage2", "stage3", "stage4"]
@@ -253,7 +255,8 @@ def test_mmdet_layout_converts_every_weight(mmdet_checkpoint, tmp_path):
     assert model.config.upsampled_offset_mode == "mmdet"
     assert (model.config.fpn_channels, model.config.num_dyhead_blocks, model.config.num_labels) == (FPN, BLOCKS,
                                                                                                      CLASSES)
-    zero_biases = [f"dyhead.{b}.spatial_conv_{name}.conv.bias" for b in range(BLOCKS) for name in ("high", "mid", "low")]
+    zero_biases = [f"dyhead.{block}.spatial_conv_{name}.conv.bias"
+                   for block in range(BLOCKS) for name in ("high", "mid", "low")]
     assert_one_to_one(model, mmdet_checkpoint, generated=zero_biases)
     weights, source = model.state_dict(), mmdet_checkpoint
     for name in zero_biases:
@@ -305,6 +308,7 @@ def test_left_over_weights_are_named(detectron2_checkpoint, extra):
 
 
 @pytest.mark.parametrize("dropped, named", [("head.centerness.bias", "head.centerness.bias"),
+                                            ("head.cls_logits.weight", "head.classifier.cls_logits.weight"),
                                             ("backbone.dyhead_tower.1.offset.weight", "dyhead.1.spatial_conv_offset"),
                                             ("backbone.backbone.fpn_output4.weight", "fpn.output_convs.1.weight")])
 def test_missing_weights_are_named(detectron2_checkpoint, dropped, named):
