@@ -22,18 +22,17 @@ source weight must map and every weight of the model must be filled, else a `Val
 The image tower's final LayerNorm, which detection does not use, is set to the last stage's output norm (the same
 place in the network), so the tower of the converted folder outputs what the detector sees.
 
-What `FlorenceDetectionFPN` can represent: P6 = conv(P5 output), P7 = conv(ReLU(P6)).
-- detectron2's `LastLevelP6P7(..., "p5")`, as the official Swin builders use: exactly that.
+The P6/P7 levels: `FlorenceDetectionFPN` computes P6 = conv(P5 output) and P7 = conv(ReLU(P6)) or conv(P6)
+(`relu_before_p7`).
+- detectron2's `LastLevelP6P7(..., "p5")`, as the official Swin builders use: P7 after a ReLU (`relu_before_p7=True`).
+- mmdet's FPN (`add_extra_convs="on_output"`, as the DyHead configs) has `relu_before_extra_convs=False`: P7 =
+  conv(P6) (`relu_before_p7=False`).
 - A P6 computed from the backbone's C5 (detectron2 "res5", mmdet `add_extra_convs="on_input"`) cannot be represented:
   refused (recognised when C5 and the FPN differ in width).
-- mmdet's FPN (`add_extra_convs="on_output"`, as the DyHead configs) has `relu_before_extra_convs=False`: its
-  P7 = conv(P6) WITHOUT the ReLU. Our FPN always applies it, so P7 (and through the DyHead blocks every level) would
-  differ from mmdetection's: mmdet checkpoints are refused unless `accept_p7_relu=True` (`--accept-p7-relu`)
-  acknowledges that the converted detector is an approximation.
 
     python conversion/convert_dyhead.py --checkpoint dyhead_swint_atss_fpn_2x_ms.pth --output dyhead-swin-t
     python conversion/convert_dyhead.py --checkpoint atss_swin-l-p4-w12_fpn_dyhead_mstrain_2x_coco.pth \\
-        --output dyhead-swin-l --format mmdet --accept-p7-relu
+        --output dyhead-swin-l --format mmdet
 """
 
 import json
@@ -93,8 +92,8 @@ MMDET_RENAMES = (
 )
 LAYOUTS = {
     "detectron2": dict(backbone=r"backbone\.(?:backbone\.)?bottom_up\.", renames=DETECTRON2_RENAMES,
-                       offset_mode="detectron2"),
-    "mmdet": dict(backbone=r"backbone\.", renames=MMDET_RENAMES, offset_mode="mmdet"),
+                       offset_mode="detectron2", relu_before_p7=True),
+    "mmdet": dict(backbone=r"backbone\.", renames=MMDET_RENAMES, offset_mode="mmdet", relu_before_p7=False),
 }
 
 
@@ -196,13 +195,13 @@ def infer_detection_config(state_dict: dict[str, torch.Tensor], source_format: s
     return FlorenceDetectionConfig(
         vision_config=vision.to_dict(), out_features=out_features, fpn_channels=channels,
         num_dyhead_blocks=len(contiguous_indices(state_dict, r"dyhead\.(\d+)\.", "DyHead block")),
-        upsampled_offset_mode=LAYOUTS[source_format]["offset_mode"], num_labels=num_labels,
+        upsampled_offset_mode=LAYOUTS[source_format]["offset_mode"],
+        relu_before_p7=LAYOUTS[source_format]["relu_before_p7"], num_labels=num_labels,
         **({"id2label": id2label} if id2label else {}),
     )
 
 
-def convert_dyhead(checkpoint, source_format: str = "auto", accept_p7_relu: bool = False,
-                   id2label: dict[int, str] | None = None, **vision_overrides) -> FlorenceForObjectDetection:
+def convert_dyhead(checkpoint, source_format: str = "auto", id2label: dict[int, str] | None = None, **vision_overrides) -> FlorenceForObjectDetection:
     """A `FlorenceForObjectDetection` holding every weight of a DyHead checkpoint (a path or a state dict)."""
     raw = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
     if source_format not in FORMATS:
@@ -210,10 +209,6 @@ def convert_dyhead(checkpoint, source_format: str = "auto", accept_p7_relu: bool
     detected = detect_format(raw)
     if source_format not in ("auto", detected):
         raise ValueError(f"The checkpoint looks like the {detected!r} layout, not {source_format!r} as claimed")
-    if detected == "mmdet" and not accept_p7_relu:
-        raise ValueError("mmdetection's DyHead FPN computes P7 = conv(P6) without a ReLU (relu_before_extra_convs="
-                         "False) but FlorenceDetectionFPN computes P7 = conv(ReLU(P6)): the converted detector would "
-                         "not reproduce the checkpoint. Pass accept_p7_relu=True (--accept-p7-relu) to convert anyway")
     state_dict = rename(raw, detected)
     config = infer_detection_config(state_dict, detected, id2label, **vision_overrides)
     last_norm = f"hidden_states_norms.{STAGE_NAMES[len(config.vision_config.depths) - 1]}."
@@ -227,13 +222,11 @@ def convert_dyhead(checkpoint, source_format: str = "auto", accept_p7_relu: bool
 
 def main(argv=None):
     parser = converter_parser(__doc__, FORMATS, "FlorenceForObjectDetection")
-    parser.add_argument("--accept-p7-relu", action="store_true",
-                        help="convert an mmdet checkpoint although our FPN applies a ReLU before P7 (see above)")
     parser.add_argument("--labels", help="JSON list of the class names, in the classifier's order")
     parser.add_argument("--drop-path-rate", type=float, default=0.2, help="stochastic depth for later fine-tuning")
     args = parser.parse_args(argv)
     id2label = dict(enumerate(json.loads(Path(args.labels).read_text()))) if args.labels else None
-    model = run_converter(convert_dyhead, args.checkpoint, args.format, args.accept_p7_relu, id2label,
+    model = run_converter(convert_dyhead, args.checkpoint, args.format, id2label,
                           drop_path_rate=args.drop_path_rate)
     write_converted(model, args.output, args.checkpoint)
     config = model.config

@@ -32,6 +32,8 @@ class FlorenceDetectionConfig(PreTrainedConfig):
         dyhead_norm_groups: GroupNorm groups after each deformable convolution (16).
         upsampled_offset_mode: ``"mmdet"`` (crop) or ``"detectron2"`` (flat read) for the offsets of the upsampled
             branch, see `UPSAMPLED_OFFSET_MODES`; only matters to reproduce converted checkpoints.
+        relu_before_p7: P7 = conv(ReLU(P6)) as detectron2's `LastLevelP6P7` (the official DyHead, True) or
+            conv(P6) as mmdetection's FPN with `add_extra_convs="on_output"` (False; set by the mmdet converter).
         anchor_scale: side of the single square anchor per location, in strides (8: 64 px on P3 ... 1024 on P7).
         atss_topk: candidate anchors per level and object, nearest by centre distance (9).
         center_sampling: positives must have their centre inside the object box (ATSS's rule).
@@ -63,6 +65,7 @@ class FlorenceDetectionConfig(PreTrainedConfig):
     num_dyhead_blocks: int = 6
     dyhead_norm_groups: int = 16
     upsampled_offset_mode: str = "mmdet"
+    relu_before_p7: bool = True
     anchor_scale: float | int = 8.0
     atss_topk: int = 9
     center_sampling: bool = True
@@ -133,6 +136,8 @@ class FlorenceDetectionConfig(PreTrainedConfig):
         if self.upsampled_offset_mode not in UPSAMPLED_OFFSET_MODES:
             raise ValueError(f"upsampled_offset_mode must be one of {UPSAMPLED_OFFSET_MODES}, got "
                              f"{self.upsampled_offset_mode!r}")
+        if not isinstance(self.relu_before_p7, bool):
+            raise ValueError(f"relu_before_p7 must be True or False, got {self.relu_before_p7!r}")
         if len(self.box_coder_weights) != 4 or any(w <= 0 for w in self.box_coder_weights):
             raise ValueError(f"box_coder_weights must be 4 positive numbers, got {self.box_coder_weights}")
         if self.anchor_scale <= 0:

@@ -80,10 +80,12 @@ def init_scheme(module: nn.Module, scheme: str, bias: float | str = 0.0) -> nn.M
 # FPN
 # ----------------------------------------------------------------------------------------------------------------------
 class FlorenceDetectionFPN(nn.Module):
-    """Feature pyramid: 1x1 laterals, nearest top-down sum, 3x3 outputs, then P6 = conv s2 (P5), P7 = conv s2 (relu P6)."""
+    """Feature pyramid: 1x1 laterals, nearest top-down sum, 3x3 outputs, then P6 = conv s2 (P5), P7 = conv s2 (relu P6)
+    (detectron2's `LastLevelP6P7`; `relu_before_p7=False`: conv s2 (P6), as mmdetection's FPN)."""
 
-    def __init__(self, in_channels: list[int], channels: int):
+    def __init__(self, in_channels: list[int], channels: int, relu_before_p7: bool = True):
         super().__init__()
+        self.relu_before_p7 = relu_before_p7
         self.lateral_convs = nn.ModuleList(init_scheme(nn.Conv2d(c, channels, 1), "c2_xavier") for c in in_channels)
         self.output_convs = nn.ModuleList(
             init_scheme(nn.Conv2d(channels, channels, 3, padding=1), "c2_xavier") for _ in in_channels
@@ -99,7 +101,7 @@ class FlorenceDetectionFPN(nn.Module):
             )
         outputs = [conv(lateral) for conv, lateral in zip(self.output_convs, laterals)]
         p6 = self.p6(outputs[-1])
-        return outputs + [p6, self.p7(F.relu(p6))]
+        return outputs + [p6, self.p7(F.relu(p6) if self.relu_before_p7 else p6)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -467,7 +469,8 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
         self.hidden_states_norms = nn.ModuleDict(
             {stage: nn.LayerNorm(stage_channels[stage], eps=vision_config.layer_norm_eps) for stage in config.out_features}
         )
-        self.fpn = FlorenceDetectionFPN([stage_channels[stage] for stage in config.out_features], config.fpn_channels)
+        self.fpn = FlorenceDetectionFPN([stage_channels[stage] for stage in config.out_features], config.fpn_channels,
+                                       config.relu_before_p7)
         self.dyhead = nn.ModuleList(FlorenceDyHeadBlock(config) for _ in range(config.num_dyhead_blocks))
         self.head = FlorenceATSSHead(config)
         self.atss_loss = FlorenceATSSLoss(config)

@@ -166,6 +166,7 @@ def test_detectron2_layout_converts_every_weight_through_the_cli(detectron2_chec
     config = model.config
     assert config.id2label == {0: "cat", 1: "dog", 2: "bird"}
     assert config.upsampled_offset_mode == "detectron2"
+    assert config.relu_before_p7 is True
     assert (config.fpn_channels, config.num_dyhead_blocks, config.num_labels) == (FPN, BLOCKS, CLASSES)
     assert config.out_features == ["stage2", "stage3", "stage4"]
     vision = config.vision_config
@@ -232,7 +233,7 @@ def source_block(source: dict[str, torch.Tensor], layout: str, index: int):
 @pytest.mark.parametrize("layout", ["detectron2", "mmdet"])
 def test_converted_block_matches_the_reference_on_the_source_weights(layout, detectron2_checkpoint, mmdet_checkpoint):
     source = detectron2_checkpoint if layout == "detectron2" else mmdet_checkpoint
-    model = convert_dyhead(source, accept_p7_relu=True).double()
+    model = convert_dyhead(source).double()
     torch.manual_seed(0)
     features = [torch.randn(1, FPN, size, 4 * size // 3, dtype=torch.float64) for size in (12, 6, 3)]
     fit = {"detectron2": flatten_offsets, "mmdet": crop_offsets}[layout]
@@ -249,10 +250,15 @@ def test_converted_block_matches_the_reference_on_the_source_weights(layout, det
 def test_mmdet_layout_converts_every_weight(mmdet_checkpoint, tmp_path):
     path = tmp_path / "atss_swin_dyhead.pth"
     torch.save({"state_dict": mmdet_checkpoint}, path)
-    with pytest.raises(ValueError, match="P7 = conv\\(P6\\) without a ReLU"):
-        convert_dyhead(path)
-    model = convert_dyhead(path, "mmdet", accept_p7_relu=True)
+    model = convert_dyhead(path, "mmdet")
     assert model.config.upsampled_offset_mode == "mmdet"
+    assert model.config.relu_before_p7 is False
+    # mmdet's extra level (add_extra_convs="on_output", relu_before_extra_convs=False): P7 = conv(P6), no ReLU
+    widths = [model.fpn.lateral_convs[i].in_channels for i in range(3)]
+    with torch.no_grad():
+        levels = model.fpn([torch.randn(1, c, 16 // 2**i, 16 // 2**i) for i, c in enumerate(widths)])
+    weight, bias = (mmdet_checkpoint[f"neck.0.fpn_convs.4.conv.{leaf}"] for leaf in ("weight", "bias"))
+    torch.testing.assert_close(levels[-1], F.conv2d(levels[-2], weight, bias, stride=2, padding=1))
     assert (model.config.fpn_channels, model.config.num_dyhead_blocks, model.config.num_labels) == (FPN, BLOCKS,
                                                                                                      CLASSES)
     zero_biases = [f"dyhead.{block}.spatial_conv_{name}.conv.bias"
@@ -286,7 +292,7 @@ def test_mmdet_layout_converts_every_weight(mmdet_checkpoint, tmp_path):
 
 def test_mmdet_unfold_patch_merging_is_reordered(mmdet_checkpoint):
     """mmdet merges 2x2 patches with nn.Unfold (channel-major); the converted Swin-order merge gives the same."""
-    model = convert_dyhead(mmdet_checkpoint, accept_p7_relu=True)
+    model = convert_dyhead(mmdet_checkpoint)
     prefix, dim = "backbone.stages.1.downsample.", 2 * EMBED
     x = torch.randn(2, 6, 4, dim)
     unfolded = F.unfold(x.permute(0, 3, 1, 2), kernel_size=2, stride=2).transpose(1, 2)  # mmdet's PatchMerging
@@ -319,12 +325,12 @@ def test_missing_weights_are_named(detectron2_checkpoint, dropped, named):
 def test_unrepresentable_or_mislabelled_checkpoints_are_refused(detectron2_checkpoint, mmdet_checkpoint, tmp_path):
     on_input = {**mmdet_checkpoint, "neck.0.fpn_convs.3.conv.weight": torch.zeros(FPN, 8 * EMBED, 3, 3)}
     with pytest.raises(ValueError, match="C5"):
-        convert_dyhead(on_input, accept_p7_relu=True)
+        convert_dyhead(on_input)
     with pytest.raises(ValueError, match="'detectron2' layout, not 'mmdet'"):
         convert_dyhead(detectron2_checkpoint, "mmdet")
     with pytest.raises(ValueError, match="Not a DyHead checkpoint"):
         convert_dyhead({"patch_embed.proj.weight": torch.zeros(1)})
     path = tmp_path / "mmdet.pth"
     torch.save(mmdet_checkpoint, path)
-    with pytest.raises(SystemExit, match="--accept-p7-relu"):
-        main(["--checkpoint", str(path), "--output", str(tmp_path / "out")])
+    main(["--checkpoint", str(path), "--output", str(tmp_path / "out")])  # mmdet converts as it is (no P7 ReLU)
+    assert FlorenceForObjectDetection.from_pretrained(tmp_path / "out").config.relu_before_p7 is False
