@@ -78,6 +78,19 @@ def trim_padding(*datasets: TensorDataset) -> tuple[TensorDataset, ...]:
     return datasets
 
 
+def cache_image_features(model, *datasets: TensorDataset, batch_size: int = 256) -> None:
+    """Frozen image tower: replace each split's `pixel_values` by the tower's output (`image_hidden_states`),
+    computed once, so training steps run the text tower, fusion and head only."""
+    model.vision_model.requires_grad_(False).eval()
+    for dataset in datasets:
+        pixels, features = dataset.columns.pop("pixel_values"), []
+        with torch.inference_mode():
+            for start in range(0, len(pixels), batch_size):
+                output = model.vision_model(pixel_values=pixels[start : start + batch_size].float())
+                features.append(output.last_hidden_state.half())
+        dataset.columns["image_hidden_states"] = torch.cat(features)
+
+
 def blind_baseline(train, test) -> dict[str, float]:
     """Accuracy of answering every question with its most frequent training answer (unseen questions: the most
     frequent answer of the question type): what a question-only model converges to at best."""
@@ -134,6 +147,8 @@ def optimizer_for(model, learning_rate: float, tower_lr_scale: float, weight_dec
     (METER trains its heads and fusion faster than the unimodal encoders); no decay on biases and norms."""
     groups = {}
     for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
         tower = name.startswith(("vision_model.", "text_model."))
         decay = parameter.ndim > 1 and "embedding" not in name
         key = (tower, decay)
@@ -182,6 +197,8 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="fusion layers and head")
     parser.add_argument("--tower-lr-scale", type=float, default=0.3,
                         help="learning-rate factor of pretrained towers (1 when they start from their init)")
+    parser.add_argument("--freeze-image-tower", action="store_true",
+                        help="keep the image tower frozen and compute its features once (much faster steps)")
     parser.add_argument("--pretrain-steps", type=int, default=0, help="ITM + MLM fusion pretraining steps first")
     parser.add_argument("--mask-token-id", type=int, default=0, help="MLM stand-in mask id ('!' in the CLIP vocab)")
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: at the end only)")
@@ -211,6 +228,11 @@ def main(argv=None):
         print("No --florence folder: the towers start from their init (random weights).")
         model = mf.FlorenceForVQA(mf.load_preset(args.preset, **labels))
 
+    if args.freeze_image_tower:
+        cache_start = time.perf_counter()
+        cache_image_features(model, train_set, test_set)
+        print(f"image tower frozen: features of {len(train_set) + len(test_set)} images computed once "
+              f"({time.perf_counter() - cache_start:.0f}s)")
     tower_lr_scale = args.tower_lr_scale if (args.florence or args.pretrain_steps) else 1.0
     trainer = Trainer(
         model=model, args=training_arguments(args, output / "trainer", args.steps, args.learning_rate, args.eval_every),

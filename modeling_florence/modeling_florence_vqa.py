@@ -372,15 +372,23 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
         image_attention_mask: torch.Tensor | None,
         output_hidden_states: bool,
         output_attentions: bool,
+        image_hidden_states: torch.Tensor | None = None,
     ) -> dict:
-        """Run both towers; return their outputs and the projected streams with their 0/1 masks."""
-        check_pair_inputs(pixel_values, input_ids, attention_mask)
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
+        """Run both towers (the image tower only without `image_hidden_states`); return their outputs and the
+        projected streams with their 0/1 masks."""
+        check_pair_inputs(pixel_values, input_ids, attention_mask, image_hidden_states,
+                          self.config.vision_config.hidden_size)
+        if image_hidden_states is None:
+            vision_outputs = self.vision_model(
+                pixel_values=pixel_values,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+                return_dict=True,
+            )
+            image_tokens = vision_outputs.last_hidden_state
+        else:
+            vision_outputs = None
+            image_tokens = image_hidden_states.to(self.fusion.image_transform.weight.dtype)
         text_outputs = self.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -388,7 +396,6 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
             output_attentions=output_attentions,
             return_dict=True,
         )
-        image_tokens = vision_outputs.last_hidden_state
         image_mask = None
         if image_attention_mask is not None:
             if image_attention_mask.shape != image_tokens.shape[:2]:
@@ -414,11 +421,11 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
         }
 
     def fuse(self, pixel_values, input_ids, attention_mask=None, image_attention_mask=None,
-             output_hidden_states=False, output_attentions=False, return_streams=False):
+             output_hidden_states=False, output_attentions=False, return_streams=False, image_hidden_states=None):
         """Towers + fusion: the [`FlorenceFusionModelOutput`] of image-text pairs (and the `encode` streams, with
         `return_streams`)."""
         streams = self.encode(pixel_values, input_ids, attention_mask, image_attention_mask,
-                              output_hidden_states, output_attentions)
+                              output_hidden_states, output_attentions, image_hidden_states)
         text_fusion, image_fusion = self.fusion(
             streams["text_embeds"], streams["image_embeds"], streams["text_mask"], streams["image_mask"],
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
@@ -433,15 +440,24 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
         return (output, streams) if return_streams else output
 
 
-def check_pair_inputs(pixel_values, input_ids, attention_mask) -> None:
+def check_pair_inputs(pixel_values, input_ids, attention_mask, image_hidden_states=None, image_width=None) -> None:
     """Clear errors for a missing image or question and for batches that do not pair up."""
-    if pixel_values is None:
+    if pixel_values is None and image_hidden_states is None:
         raise ValueError("pixel_values is required: every question needs its image")
+    if pixel_values is not None and image_hidden_states is not None:
+        raise ValueError("Pass either pixel_values or image_hidden_states (the image tower's output), not both")
     if input_ids is None:
         raise ValueError("input_ids is required: every image needs its question (tokenised text)")
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
-    if pixel_values.ndim == 4 and pixel_values.shape[0] != input_ids.shape[0]:
+    if image_hidden_states is not None:
+        if image_hidden_states.ndim != 3 or image_hidden_states.shape[-1] != image_width:
+            raise ValueError(f"image_hidden_states must be the image tower's last_hidden_state, shape (batch, tokens, "
+                             f"{image_width}), got {tuple(image_hidden_states.shape)}")
+        if image_hidden_states.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"Got image features of {image_hidden_states.shape[0]} images but {input_ids.shape[0]} "
+                             "questions: pass one image per question")
+    if pixel_values is not None and pixel_values.ndim == 4 and pixel_values.shape[0] != input_ids.shape[0]:
         raise ValueError(
             f"Got {pixel_values.shape[0]} images but {input_ids.shape[0]} questions: pass one image per question "
             "(repeat an image for several questions about it)"
@@ -470,6 +486,7 @@ class FlorenceFusionModel(FlorenceFusionPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        image_hidden_states: torch.Tensor | None = None,
         **kwargs,
     ) -> FlorenceFusionModelOutput | tuple:
         r"""
@@ -477,12 +494,14 @@ class FlorenceFusionModel(FlorenceFusionPreTrainedModel):
         input_ids, attention_mask: `(B, T)` texts and their padding mask (1 = token, 0 = padding).
         image_attention_mask: optional `(B, L)` 0/1 mask over the image tower's tokens (e.g. padded images); the
             average image token is then the average of the kept tokens.
+        image_hidden_states: optional `(B, L, C)` image tower output (`vision_model(...).last_hidden_state`)
+            computed beforehand, in place of `pixel_values` (e.g. a frozen tower's features, computed once).
         """
         output_hidden_states, output_attentions, return_dict = resolve_output_flags(
             self.config, output_hidden_states, output_attentions, return_dict
         )
         output = self.fuse(pixel_values, input_ids, attention_mask, image_attention_mask,
-                           output_hidden_states, output_attentions)
+                           output_hidden_states, output_attentions, image_hidden_states=image_hidden_states)
         return output if return_dict else output.to_tuple()
 
 
@@ -526,11 +545,14 @@ class FlorenceForVQA(FlorenceFusionPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        image_hidden_states: torch.Tensor | None = None,
         **kwargs,
     ) -> FlorenceVQAOutput | tuple:
         r"""
         labels: `(B, num_labels)` soft VQA scores (`min(1, 0.3 * votes)` per answer), as `FlorenceVQAProcessor`
             returns them for `answers=`.
+        image_hidden_states: optional `(B, L, C)` image tower output computed beforehand, in place of
+            `pixel_values` (see [`FlorenceFusionModel.forward`]).
         """
         output_hidden_states, output_attentions, return_dict = resolve_output_flags(
             self.config, output_hidden_states, output_attentions, return_dict
@@ -541,7 +563,7 @@ class FlorenceForVQA(FlorenceFusionPreTrainedModel):
                 f"got shape {tuple(labels.shape)}"
             )
         fused = self.fuse(pixel_values, input_ids, attention_mask, image_attention_mask,
-                          output_hidden_states, output_attentions)
+                          output_hidden_states, output_attentions, image_hidden_states=image_hidden_states)
         if labels is not None and labels.shape[0] != input_ids.shape[0]:
             raise ValueError(f"Got {labels.shape[0]} label rows for {input_ids.shape[0]} questions")
         logits = self.vqa_head(fused.pooler_output)

@@ -280,6 +280,26 @@ def test_bad_model_inputs_raise_clear_errors(change, message):
         model(**inputs)
 
 
+@pytest.mark.parametrize("cls", [mf.FlorenceForVQA, mf.FlorenceFusionModel])
+def test_precomputed_image_features_give_the_same_outputs(cls):
+    """`image_hidden_states` (a frozen tower's features, computed once) stands in for `pixel_values` exactly."""
+    model = build(cls)
+    inputs = {**text_inputs(2), **pixel_inputs(2)}
+    with torch.no_grad():
+        expected = model(**inputs).pooler_output
+        features = model.vision_model(pixel_values=inputs.pop("pixel_values")).last_hidden_state
+        actual = model(**inputs, image_hidden_states=features.half()).pooler_output
+        torch.testing.assert_close(actual, expected, atol=5e-3, rtol=5e-3)  # fp16 features
+        torch.testing.assert_close(model(**inputs, image_hidden_states=features).pooler_output, expected)
+    width = model.config.vision_config.hidden_size
+    with pytest.raises(ValueError, match="not both"):
+        model(**inputs, pixel_values=pixel_inputs(2)["pixel_values"], image_hidden_states=features)
+    with pytest.raises(ValueError, match=f"shape \\(batch, tokens, {width}\\)"):
+        model(**inputs, image_hidden_states=features[..., :-1])
+    with pytest.raises(ValueError, match="1 images but 2 questions"):
+        model(**inputs, image_hidden_states=features[:1])
+
+
 def test_from_florence_copies_both_towers_exactly(tmp_path):
     torch.manual_seed(0)
     florence = mf.FlorenceModel(tiny_florence_config()).eval()
