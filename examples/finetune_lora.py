@@ -1,11 +1,12 @@
 """LoRA fine-tuning of Florence models with `transformers.Trainer` and PEFT, saving only the adapter.
 
 Classification (default): `FlorenceForImageClassification` from the zero-shot head, LoRA on the CoSwin attention and
-MLP layers (`qkv`, `proj`, `fc1`, `fc2`) with the classifier trained in full (`modules_to_save`); `--compare_full`
+MLP layers and convolutions (`qkv`, `proj`, `fc1`, `fc2`, `projection`) with the classifier trained in full (`modules_to_save`); `--compare_full`
 also runs full fine-tuning on the same data and prints both, with LoRA's share of full fine-tuning's gain.
 Retrieval (`--task retrieval`): `FlorenceModel` with the UniCL loss, LoRA on both towers, projections trained.
 
     python examples/finetune_lora.py --model outputs/florence-tiny-shapes --output outputs/cls-lora --compare_full
+    python examples/finetune_lora.py ... --compare_full --seeds 0 1 2     # averaged over seeds, one folder each
     python examples/finetune_lora.py --task retrieval --model outputs/florence-tiny-shapes --output outputs/ret-lora
 
 Load the adapter back with `PeftModel.from_pretrained(base_model, folder)` or Transformers' `model.load_adapter(folder)`.
@@ -20,12 +21,12 @@ from modeling_florence.finetuning_florence import SHIFT_IDS, run_classification,
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["run          | step-0 top-1 | top-1 | gain  | trainable        | adapter  | train s",
-             "-------------|--------------|-------|-------|------------------|----------|--------"]
+    lines = ["seed | run  | step-0 top-1 | top-1 | gain  | trainable        | adapter  | train s",
+             "-----|------|--------------|-------|-------|------------------|----------|--------"]
     for row in rows:
         adapter = f"{row['adapter_bytes'] / 1024:.0f} KiB" if "adapter_bytes" in row else "-"
-        lines.append(f"{row['mode']:<12} | {row['step0_top1']:12.2f} | {row['top1']:5.2f} | {row['gain']:5.2f} | "
-                     f"{row['trainable_parameters']:>8,} ({100 * row['trainable_fraction']:4.1f}%) | {adapter:>8} | "
+        lines.append(f"{row['seed']:<4} | {row['mode']:<4} | {row['step0_top1']:12.2f} | {row['top1']:5.2f} | "
+                     f"{row['gain']:5.2f} | {row['trainable_parameters']:>8,} ({100 * row['trainable_fraction']:4.1f}%) | {adapter:>8} | "
                      f"{row['train_seconds']:6.0f}")
     return "\n".join(lines)
 
@@ -46,6 +47,8 @@ def main(argv=None):
     parser.add_argument("--learning_rate", type=float, default=1e-2, help="LoRA and head")
     parser.add_argument("--full_learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="repeat the runs over these seeds (one folder each) and average the comparison")
     args = parser.parse_args(argv)
     output = Path(args.output)
 
@@ -56,17 +59,29 @@ def main(argv=None):
         print(json.dumps({k: v for k, v in results.items() if k != "losses"}, indent=2))
         return
 
-    common = dict(shift=args.shift, num_train=args.num_train, num_test=args.num_test, num_train_epochs=args.epochs,
-                  per_device_train_batch_size=args.batch_size, seed=args.seed)
-    rows = [run_classification(args.model, str(output), mode="lora", lora_r=args.r,
-                               target_modules=args.target_modules, learning_rate=args.learning_rate, **common)]
-    if args.compare_full:
-        rows.append(run_classification(args.model, str(output / "full"), mode="full",
-                                       learning_rate=args.full_learning_rate, **common))
+    rows = []
+    for seed in args.seeds or [args.seed]:
+        # one folder per seed when several are compared; a single run saves to --output as it always did
+        folder = output / f"seed-{seed}" if args.seeds else output
+        common = dict(shift=args.shift, num_train=args.num_train, num_test=args.num_test,
+                      num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size, seed=seed)
+        rows.append({"seed": seed, **run_classification(
+            args.model, str(folder), mode="lora", lora_r=args.r, target_modules=args.target_modules,
+            learning_rate=args.learning_rate, **common)})
+        if args.compare_full:
+            rows.append({"seed": seed, **run_classification(args.model, str(folder / "full"), mode="full",
+                                                            learning_rate=args.full_learning_rate, **common)})
     print(table(rows))
-    if args.compare_full and rows[1]["gain"] > 0:
-        print(f"LoRA reaches {100 * rows[0]['gain'] / rows[1]['gain']:.0f}% of full fine-tuning's gain over zero-shot "
-              f"training {100 * rows[0]['trainable_fraction']:.1f}% of the parameters")
+    if args.compare_full:
+        gains = {mode: [row["gain"] for row in rows if row["mode"] == mode] for mode in ("lora", "full")}
+        shares = [100 * lora / full if full > 0 else float("nan") for lora, full in zip(gains["lora"], gains["full"])]
+        mean_full = sum(gains["full"]) / len(gains["full"])
+        if mean_full > 0:
+            mean_lora = sum(gains["lora"]) / len(gains["lora"])
+            print(f"LoRA reaches {100 * mean_lora / mean_full:.0f}% of full fine-tuning's gain over zero-shot (mean "
+                  f"over {len(shares)} seed(s); per seed: {', '.join(f'{share:.0f}%' for share in shares)}) training "
+                  f"{100 * rows[0]['trainable_fraction']:.1f}% of the parameters")
+    output.mkdir(parents=True, exist_ok=True)
     (output / "lora_comparison.json").write_text(json.dumps(rows, indent=2))
 
 

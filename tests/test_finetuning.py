@@ -177,6 +177,12 @@ def test_classification_and_lora_scripts_run_and_save_loadable_models(florence_f
     assert not (tmp_path / "lora" / "model.safetensors").exists()
     base = mf.FlorenceForImageClassification.from_pretrained(tmp_path / "full")
     base.load_adapter(str(tmp_path / "lora"))  # Transformers' route reads the PEFT adapter too
+    # the comparison with full fine-tuning, over two seeds: one folder per seed, every run in the json
+    finetune_lora.main(["--model", str(florence_folder), "--output", str(tmp_path / "seeds"), "--compare_full",
+                        "--seeds", "0", "1", *tiny])
+    rows = json.loads((tmp_path / "seeds" / "lora_comparison.json").read_text())
+    assert [(row["seed"], row["mode"]) for row in rows] == [(0, "lora"), (0, "full"), (1, "lora"), (1, "full")]
+    assert all((tmp_path / "seeds" / f"seed-{seed}" / "adapter_model.safetensors").is_file() for seed in (0, 1))
 
 
 def test_retrieval_two_processes_equal_one_on_the_same_global_batch(florence_folder, tmp_path):
