@@ -22,7 +22,8 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision",
-        "transformers>=5.0,<6",
+        # 5.24's add_adapter/load_adapter require peft>=0.22, which is not released yet (newest: 0.21.2)
+        "transformers>=5.0,<5.24",
         "accelerate>=1.0",
         "datasets>=3.0",
         "safetensors",
