@@ -8,8 +8,8 @@ mix) and `torch.cuda.max_memory_allocated` on GPU. On CPU, memory is measured in
 configuration whose glibc mmap threshold is fixed at its default 128 KiB (`MALLOC_MMAP_THRESHOLD_`): glibc otherwise
 raises the threshold as large blocks are freed and then keeps freed tensor memory in its heap, so peak RSS would
 measure the allocator's history rather than the tensors alive at once (what `max_memory_allocated` gives on GPU).
-Speed is timed with the allocator as it is (the fixed threshold costs page faults). Prints a table and the LoRA / full ratios (goal: LoRA >= 1.3x
-faster, >= 40% less peak memory).
+Speed is timed with the allocator as it is (the fixed threshold costs page faults). Prints a table and the LoRA /
+full ratios (goal: LoRA >= 1.3x faster, >= 40% less peak memory).
 
     python bench/bench_finetune.py                       # florence-base, 224 px, batch 8, CPU
     python bench/bench_finetune.py --preset florence-tiny --image_size 64 --steps 5

@@ -201,7 +201,8 @@ def infer_detection_config(state_dict: dict[str, torch.Tensor], source_format: s
     )
 
 
-def convert_dyhead(checkpoint, source_format: str = "auto", id2label: dict[int, str] | None = None, **vision_overrides) -> FlorenceForObjectDetection:
+def convert_dyhead(checkpoint, source_format: str = "auto", id2label: dict[int, str] | None = None,
+                   **vision_overrides) -> FlorenceForObjectDetection:
     """A `FlorenceForObjectDetection` holding every weight of a DyHead checkpoint (a path or a state dict)."""
     raw = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
     if source_format not in FORMATS:

@@ -1,8 +1,9 @@
 """LoRA fine-tuning of Florence models with `transformers.Trainer` and PEFT, saving only the adapter.
 
 Classification (default): `FlorenceForImageClassification` from the zero-shot head, LoRA on the CoSwin attention and
-MLP layers and convolutions (`qkv`, `proj`, `fc1`, `fc2`, `projection`) with the classifier trained in full (`modules_to_save`); `--compare_full`
-also runs full fine-tuning on the same data and prints both, with LoRA's share of full fine-tuning's gain.
+MLP layers and convolutions (`qkv`, `proj`, `fc1`, `fc2`, `projection`) with the classifier trained in full
+(`modules_to_save`); `--compare_full` also runs full fine-tuning on the same data and prints both, with LoRA's share
+of full fine-tuning's gain.
 Retrieval (`--task retrieval`): `FlorenceModel` with the UniCL loss, LoRA on both towers, projections trained.
 
     python examples/finetune_lora.py --model outputs/florence-tiny-shapes --output outputs/cls-lora --compare_full
@@ -26,8 +27,8 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         adapter = f"{row['adapter_bytes'] / 1024:.0f} KiB" if "adapter_bytes" in row else "-"
         lines.append(f"{row['seed']:<4} | {row['mode']:<4} | {row['step0_top1']:12.2f} | {row['top1']:5.2f} | "
-                     f"{row['gain']:5.2f} | {row['trainable_parameters']:>8,} ({100 * row['trainable_fraction']:4.1f}%) | {adapter:>8} | "
-                     f"{row['train_seconds']:6.0f}")
+                     f"{row['gain']:5.2f} | {row['trainable_parameters']:>8,} "
+                     f"({100 * row['trainable_fraction']:4.1f}%) | {adapter:>8} | {row['train_seconds']:6.0f}")
     return "\n".join(lines)
 
 

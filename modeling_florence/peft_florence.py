@@ -6,8 +6,9 @@ Every Florence model names its layers as the design fixes them: `qkv` and `proj`
 `projection` for CoSwin's convolutional tokenizer and patch merging (Conv2d, Conv3d in Video CoSwin). The default
 LoRA config adapts all of those the model has, and trains the model's task head in full (`modules_to_save`). The
 convolutions are in the defaults because Florence's tokenizer is where an image-domain shift lands: on the Shapes
-background shift of `examples/finetune_lora.py` (seed 0), LoRA reached 77-88% of full fine-tuning's gain without them
-and 82-124% with them, depending on the pretrained model and seed (for +0.6% of the parameters; README, Fine-tuning).
+background shift of `examples/finetune_lora.py`, LoRA reached 77-88% of full fine-tuning's gain without them (one
+seed) and 82-124% with them, depending on the pretrained model and seed (for +0.6% of the parameters; README,
+Fine-tuning).
 
 | model | `target_modules` | `modules_to_save` |
 |---|---|---|
