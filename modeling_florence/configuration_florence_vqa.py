@@ -33,6 +33,13 @@ class FlorenceVQAConfig(PreTrainedConfig):
             one the texts do not use); None disables `mask_tokens` until one is given.
         itm_hard_negatives: sample ITM negatives in proportion to the in-batch similarities (ALBEF/METER style)
             rather than uniformly.
+        vision_feature_stages: the CoSwin stages (1-based, ascending, ending with the last) whose tokens enter the
+            fusion. None (METER): the last stage only, i.e. the tower's `last_hidden_state`. Earlier stages add finer
+            tokens (e.g. `[3, 4]`: 4x4 + 2x2 tokens of a 64 px image instead of 2x2), each through its own LayerNorm +
+            Linear to the fusion width; small images and questions about where things are need them.
+        image_position_embeddings: add fixed 2D sine-cosine embeddings of each image token's centre (coordinates on
+            the unit square, so any resolution) to the projected image tokens. CoSwin's relative position bias leaves
+            its tokens without absolute position, which "where is ..." questions need. No weights.
     """
 
     model_type = "florence_vqa"
@@ -51,6 +58,8 @@ class FlorenceVQAConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     mask_token_id: int | None = None
     itm_hard_negatives: bool = True
+    vision_feature_stages: list[int] | None = None
+    image_position_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None or isinstance(self.vision_config, dict):
@@ -93,6 +102,25 @@ class FlorenceVQAConfig(PreTrainedConfig):
             raise ValueError(f"mask_token_id={self.mask_token_id} is outside the text vocabulary [0, {text_vocab - 1}]")
         if getattr(self.text_config, "hidden_size", None) is None:
             raise ValueError("text_config must describe an encoder with a hidden_size")
+        if self.vision_feature_stages is not None:
+            stages, last = self.vision_feature_stages, len(self.vision_config.depths)
+            if (
+                not isinstance(stages, (list, tuple)) or not stages
+                or any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= last for s in stages)
+                or list(stages) != sorted(set(stages)) or stages[-1] != last
+            ):
+                raise ValueError(
+                    f"vision_feature_stages must list CoSwin stages in [1, {last}] in ascending order, ending with the "
+                    f"last ({last}), got {stages!r}"
+                )
+            self.vision_feature_stages = list(stages)
+        if self.image_position_embeddings and self.hidden_size % 4:
+            raise ValueError(f"image_position_embeddings needs a hidden_size divisible by 4, got {self.hidden_size}")
+
+    @property
+    def image_feature_stages(self) -> list[int]:
+        """The stages whose tokens enter the fusion (`vision_feature_stages`, or the last stage only)."""
+        return self.vision_feature_stages or [len(self.vision_config.depths)]
 
     @property
     def answers(self) -> list[str]:

@@ -17,6 +17,7 @@ The towers sit at `vision_model` and `text_model`, as in `FlorenceModel`, so eac
 folder and every model here loads the fusion weights of the others' folders (heads are task-specific).
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -222,13 +223,42 @@ class FlorenceFusionPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
+def sincos_position_embeddings(height: int, width: int, dim: int, device=None, dtype=None) -> torch.Tensor:
+    """`(height * width, dim)` fixed 2D sine-cosine embeddings of the token centres of a `height x width` grid on the
+    unit square (row-major): sin/cos of x then of y, `dim / 4` frequencies each, geometric from 8 pi (a period of a
+    quarter of the image) down to 8 pi / 100. Resolution-independent: a token keeps its embedding at any grid size."""
+    frequencies = 8 * math.pi * 100.0 ** (-torch.arange(dim // 4, device=device, dtype=torch.float64) / (dim // 4))
+    ys = (torch.arange(height, device=device, dtype=torch.float64) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=torch.float64) + 0.5) / width
+    y, x = (grid.reshape(-1, 1) * frequencies for grid in torch.meshgrid(ys, xs, indexing="ij"))
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).to(dtype or torch.get_default_dtype())
+
+
+class FlorenceFusionStageProjection(nn.Module):
+    """LayerNorm + Linear of an earlier CoSwin stage's tokens to the fusion width (`vision_feature_stages`)."""
+
+    def __init__(self, channels: int, config: FlorenceVQAConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(channels, eps=config.vision_config.layer_norm_eps)
+        self.dense = nn.Linear(channels, config.hidden_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.layer_norm(tokens))
+
+
 class FlorenceFusionEncoder(nn.Module):
     """Projections to the fusion width, token types, the two stacks of co-attention layers, and the poolers."""
 
     def __init__(self, config: FlorenceVQAConfig):
         super().__init__()
+        self.config = config
         self.text_transform = nn.Linear(config.text_config.hidden_size, config.hidden_size)
         self.image_transform = nn.Linear(config.vision_config.hidden_size, config.hidden_size)
+        stage_dims = config.vision_config.stage_dims
+        self.image_stage_transforms = nn.ModuleDict({
+            f"stage{stage}": FlorenceFusionStageProjection(stage_dims[stage - 1], config)
+            for stage in config.image_feature_stages[:-1]
+        })
         self.token_type_embeddings = nn.Embedding(2, config.hidden_size)
         self.text_layers = nn.ModuleList(FlorenceFusionLayer(config) for _ in range(config.num_fusion_layers))
         self.image_layers = nn.ModuleList(FlorenceFusionLayer(config) for _ in range(config.num_fusion_layers))
@@ -238,8 +268,24 @@ class FlorenceFusionEncoder(nn.Module):
     def embed_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
         return self.text_transform(text_tokens) + self.token_type_embeddings.weight[TEXT_TOKEN_TYPE]
 
+    def project_image(self, stage_tokens, grids=None) -> torch.Tensor:
+        """The image tokens at the fusion width `(B, L, H)`, before the token type: each stage of
+        `config.image_feature_stages` projected (`stage_tokens`: their `(B, L_i, C_i)` tokens, the last being the
+        tower's `last_hidden_state`), concatenated, plus the 2D position embeddings of their `(H_i, W_i)` `grids`
+        when `image_position_embeddings`."""
+        stages = self.config.image_feature_stages
+        projections = [self.image_stage_transforms[f"stage{stage}"] for stage in stages[:-1]] + [self.image_transform]
+        projected = [projection(tokens) for projection, tokens in zip(projections, stage_tokens)]
+        if self.config.image_position_embeddings:
+            projected = [
+                tokens + sincos_position_embeddings(*grid, self.config.hidden_size, tokens.device, tokens.dtype)
+                for tokens, grid in zip(projected, grids)
+            ]
+        return torch.cat(projected, dim=1)
+
     def embed_image(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        return self.image_transform(image_tokens) + self.token_type_embeddings.weight[IMAGE_TOKEN_TYPE]
+        """Projected image tokens (`project_image`) -> the image stream's input: plus the image token type."""
+        return image_tokens + self.token_type_embeddings.weight[IMAGE_TOKEN_TYPE]
 
     def forward(
         self,
@@ -341,6 +387,56 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.text_model.get_input_embeddings()
 
+    def stage_tokens(self, vision_outputs) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """The `(B, L_i, C_i)` tokens and `(H_i, W_i)` grids of `config.image_feature_stages` from an image tower
+        output: earlier stages from its `feature_maps`, the last stage is its `last_hidden_state` (final LayerNorm)."""
+        stages = self.config.image_feature_stages
+        maps = [vision_outputs.feature_maps[stage - 1] for stage in stages]
+        tokens = [feature_map.flatten(2).transpose(1, 2) for feature_map in maps[:-1]]
+        return tokens + [vision_outputs.last_hidden_state], [tuple(feature_map.shape[-2:]) for feature_map in maps]
+
+    @torch.no_grad()
+    def get_image_hidden_states(self, pixel_values: torch.Tensor):
+        """What `image_hidden_states` takes, computed from images (e.g. once, for a frozen image tower): the tower's
+        `last_hidden_state` `(B, L, C)`, or with several `vision_feature_stages` a tuple of their tokens; with
+        `image_position_embeddings` each as a channels-last `(B, H_i, W_i, C_i)` map, so the grid travels along."""
+        tokens, grids = self.stage_tokens(self.vision_model(pixel_values=pixel_values, return_dict=True))
+        if self.config.image_position_embeddings:
+            tokens = [stage.unflatten(1, grid) for stage, grid in zip(tokens, grids)]
+        return tokens[0] if len(tokens) == 1 else tuple(tokens)
+
+    def check_image_hidden_states(self, image_hidden_states, batch_size: int):
+        """Validate precomputed image features (see `get_image_hidden_states`): one `(B, L_i, C_i)` tokens or
+        `(B, H_i, W_i, C_i)` map per stage. Returns the stage tokens (in the fusion's dtype) and their grids (a
+        map's own; tokens are taken as a square grid, which position embeddings require then)."""
+        stages = self.config.image_feature_stages
+        if isinstance(image_hidden_states, torch.Tensor):
+            image_hidden_states = [image_hidden_states]
+        hidden_states = list(image_hidden_states)
+        widths = [self.config.vision_config.stage_dims[stage - 1] for stage in stages]
+        if len(hidden_states) != len(stages) or any(
+            not isinstance(h, torch.Tensor) or h.ndim not in (3, 4) or h.shape[-1] != width
+            for h, width in zip(hidden_states, widths)
+        ):
+            shapes = [tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__ for h in hidden_states]
+            expected = ", ".join(f"(batch, tokens, {width})" for width in widths)
+            raise ValueError(
+                f"image_hidden_states must be the image tower's tokens of stages {stages} (`get_image_hidden_states`): "
+                f"{expected} (or channels-last maps); got {shapes[0] if len(shapes) == 1 else shapes}"
+            )
+        if any(h.shape[0] != batch_size for h in hidden_states):
+            raise ValueError(f"Got image features of {hidden_states[0].shape[0]} images but {batch_size} questions: "
+                             "pass one image per question")
+        grids = []
+        for h in hidden_states:
+            side = math.isqrt(h.shape[1])
+            grids.append(tuple(h.shape[1:3]) if h.ndim == 4 else (side, side) if side * side == h.shape[1] else None)
+        if self.config.image_position_embeddings and None in grids:
+            raise ValueError("image_position_embeddings need each token's place: pass image_hidden_states of a "
+                             "non-square grid as (batch, height, width, channels) maps (`get_image_hidden_states`)")
+        dtype = self.fusion.image_transform.weight.dtype
+        return [h.flatten(1, -2).to(dtype) for h in hidden_states], grids
+
     @classmethod
     def from_florence(cls, florence_model_or_folder, **config_kwargs):
         """This model on the towers of a pretrained `FlorenceModel` (an instance or a folder): the image and text
@@ -376,8 +472,7 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
     ) -> dict:
         """Run both towers (the image tower only without `image_hidden_states`); return their outputs and the
         projected streams with their 0/1 masks."""
-        check_pair_inputs(pixel_values, input_ids, attention_mask, image_hidden_states,
-                          self.config.vision_config.hidden_size)
+        check_pair_inputs(pixel_values, input_ids, attention_mask, image_hidden_states)
         if image_hidden_states is None:
             vision_outputs = self.vision_model(
                 pixel_values=pixel_values,
@@ -385,10 +480,10 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
                 output_attentions=output_attentions,
                 return_dict=True,
             )
-            image_tokens = vision_outputs.last_hidden_state
+            stage_tokens, grids = self.stage_tokens(vision_outputs)
         else:
             vision_outputs = None
-            image_tokens = image_hidden_states.to(self.fusion.image_transform.weight.dtype)
+            stage_tokens, grids = self.check_image_hidden_states(image_hidden_states, input_ids.shape[0])
         text_outputs = self.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -396,6 +491,7 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
             output_attentions=output_attentions,
             return_dict=True,
         )
+        image_tokens = self.fusion.project_image(stage_tokens, grids)
         image_mask = None
         if image_attention_mask is not None:
             if image_attention_mask.shape != image_tokens.shape[:2]:
@@ -440,7 +536,7 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
         return (output, streams) if return_streams else output
 
 
-def check_pair_inputs(pixel_values, input_ids, attention_mask, image_hidden_states=None, image_width=None) -> None:
+def check_pair_inputs(pixel_values, input_ids, attention_mask, image_hidden_states=None) -> None:
     """Clear errors for a missing image or question and for batches that do not pair up."""
     if pixel_values is None and image_hidden_states is None:
         raise ValueError("pixel_values is required: every question needs its image")
@@ -450,13 +546,6 @@ def check_pair_inputs(pixel_values, input_ids, attention_mask, image_hidden_stat
         raise ValueError("input_ids is required: every image needs its question (tokenised text)")
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
-    if image_hidden_states is not None:
-        if image_hidden_states.ndim != 3 or image_hidden_states.shape[-1] != image_width:
-            raise ValueError(f"image_hidden_states must be the image tower's last_hidden_state, shape (batch, tokens, "
-                             f"{image_width}), got {tuple(image_hidden_states.shape)}")
-        if image_hidden_states.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"Got image features of {image_hidden_states.shape[0]} images but {input_ids.shape[0]} "
-                             "questions: pass one image per question")
     if pixel_values is not None and pixel_values.ndim == 4 and pixel_values.shape[0] != input_ids.shape[0]:
         raise ValueError(
             f"Got {pixel_values.shape[0]} images but {input_ids.shape[0]} questions: pass one image per question "
@@ -492,10 +581,12 @@ class FlorenceFusionModel(FlorenceFusionPreTrainedModel):
         r"""
         pixel_values: `(B, 3, H, W)` images, one per text.
         input_ids, attention_mask: `(B, T)` texts and their padding mask (1 = token, 0 = padding).
-        image_attention_mask: optional `(B, L)` 0/1 mask over the image tower's tokens (e.g. padded images); the
-            average image token is then the average of the kept tokens.
-        image_hidden_states: optional `(B, L, C)` image tower output (`vision_model(...).last_hidden_state`)
-            computed beforehand, in place of `pixel_values` (e.g. a frozen tower's features, computed once).
+        image_attention_mask: optional `(B, L)` 0/1 mask over the image tokens entering the fusion (those of every
+            `vision_feature_stages` entry, in order; e.g. padded images); the average image token is then the
+            average of the kept tokens.
+        image_hidden_states: optional image tower output computed beforehand (`get_image_hidden_states`: the
+            `(B, L, C)` `last_hidden_state`, or one `(B, L_i, C_i)` tensor per `vision_feature_stages` entry), in
+            place of `pixel_values` (e.g. a frozen tower's features, computed once).
         """
         output_hidden_states, output_attentions, return_dict = resolve_output_flags(
             self.config, output_hidden_states, output_attentions, return_dict
@@ -551,8 +642,8 @@ class FlorenceForVQA(FlorenceFusionPreTrainedModel):
         r"""
         labels: `(B, num_labels)` soft VQA scores (`min(1, 0.3 * votes)` per answer), as `FlorenceVQAProcessor`
             returns them for `answers=`.
-        image_hidden_states: optional `(B, L, C)` image tower output computed beforehand, in place of
-            `pixel_values` (see [`FlorenceFusionModel.forward`]).
+        image_hidden_states: optional image tower output computed beforehand (`get_image_hidden_states`), in place
+            of `pixel_values` (see [`FlorenceFusionModel.forward`]).
         """
         output_hidden_states, output_attentions, return_dict = resolve_output_flags(
             self.config, output_hidden_states, output_attentions, return_dict

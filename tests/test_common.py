@@ -116,11 +116,13 @@ VIDEO_ATTENTIONS = sum(tiny_video_vision_config().depths)
 
 
 def tiny_vqa_config(**overrides):
-    """METER fusion on the tiny towers: 2 co-attention layers per stream, 5 answers, no dropout."""
+    """METER fusion on the tiny towers: 2 co-attention layers per stream, 5 answers, no dropout; the image stream
+    reads stages 2 and 3 with 2D position embeddings (as the florence-vqa-tiny preset; `vision_feature_stages=None,
+    image_position_embeddings=False` is METER's last-stage-only stream)."""
     config = dict(
         vision_config=tiny_vision_config().to_dict(), text_config=tiny_text_config().to_dict(), hidden_size=32,
         num_fusion_layers=2, num_attention_heads=4, intermediate_size=48, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, num_labels=5,
+        attention_probs_dropout_prob=0.0, num_labels=5, vision_feature_stages=[2, 3], image_position_embeddings=True,
     )
     config.update(overrides)
     return mf.FlorenceVQAConfig(**config)

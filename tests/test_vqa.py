@@ -12,7 +12,12 @@ from PIL import Image
 
 import modeling_florence as mf
 from modeling_florence.evaluation_florence_vqa import VQAAccuracy, vqa_accuracy
-from modeling_florence.modeling_florence_vqa import FlorenceFusionLayer, sample_negatives, vqa_loss
+from modeling_florence.modeling_florence_vqa import (
+    FlorenceFusionLayer,
+    sample_negatives,
+    sincos_position_embeddings,
+    vqa_loss,
+)
 from modeling_florence.processing_florence_vqa import mask_tokens, soft_scores
 from tests.test_common import pixel_inputs, text_inputs, tiny_florence_config, tiny_vqa_config
 
@@ -227,15 +232,22 @@ def test_text_padding_does_not_change_the_answer_scores():
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
 
 
+METER_STREAM = {"vision_feature_stages": None, "image_position_embeddings": False}
+
+
 def test_image_cls_is_the_average_token_and_image_mask_averages_kept_tokens():
-    model = build(mf.FlorenceFusionModel)
+    model = build(mf.FlorenceFusionModel, **METER_STREAM)
     inputs = {**text_inputs(2), **pixel_inputs(2)}
+
+    def embed(tokens):
+        return model.fusion.embed_image(model.fusion.image_transform(tokens))
+
     with torch.no_grad():
         output = model(**inputs, output_hidden_states=True)
         tokens = output.vision_model_output.last_hidden_state
         fusion_input = output.image_fusion_output.hidden_states[0]
-        torch.testing.assert_close(fusion_input[:, 0], model.fusion.embed_image(tokens.mean(1)), atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(fusion_input[:, 1:], model.fusion.embed_image(tokens), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fusion_input[:, 0], embed(tokens.mean(1)), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fusion_input[:, 1:], embed(tokens), atol=1e-5, rtol=1e-4)
         assert output.pooler_output.shape == (2, 64)
         torch.testing.assert_close(output.pooler_output[:, :32], output.text_fusion_output.pooler_output)
         # An all-ones image mask changes nothing; masking tokens moves the average token to the kept ones' mean.
@@ -244,10 +256,64 @@ def test_image_cls_is_the_average_token_and_image_mask_averages_kept_tokens():
         half = ones.clone()
         half[:, tokens.shape[1] // 2 :] = 0
         masked = model(**inputs, image_attention_mask=half, output_hidden_states=True)
-        expected = model.fusion.embed_image(tokens[:, : tokens.shape[1] // 2].mean(1))
+        expected = embed(tokens[:, : tokens.shape[1] // 2].mean(1))
         torch.testing.assert_close(masked.image_fusion_output.hidden_states[0][:, 0], expected, atol=1e-5, rtol=1e-4)
         with pytest.raises(ValueError, match="image_attention_mask"):
             model(**inputs, image_attention_mask=ones[:, :-1])
+
+
+def test_earlier_stages_and_position_embeddings_enter_the_image_stream():
+    """`vision_feature_stages=[2, 3]`: stage-2 tokens (LayerNorm + Linear) then the last stage's (`image_transform`),
+    each plus the 2D sine-cosine embedding of its grid; their average in front, the image token type on all."""
+    model = build(mf.FlorenceFusionModel, vision_feature_stages=[2, 3], image_position_embeddings=True)
+    assert list(model.fusion.image_stage_transforms) == ["stage2"]
+    inputs = {**text_inputs(2), **pixel_inputs(2)}
+    with torch.no_grad():
+        output = model(**inputs, output_hidden_states=True)
+        vision = model.vision_model(pixel_values=inputs["pixel_values"])
+        stage2, last = vision.feature_maps[1], vision.feature_maps[2]
+        projection = model.fusion.image_stage_transforms["stage2"]
+        fine = F.linear(F.layer_norm(stage2.flatten(2).transpose(1, 2), (stage2.shape[1],), projection.layer_norm.weight,
+                                     projection.layer_norm.bias, projection.layer_norm.eps),
+                        projection.dense.weight, projection.dense.bias)
+        coarse = model.fusion.image_transform(vision.last_hidden_state)
+        positions = torch.cat([sincos_position_embeddings(*stage2.shape[-2:], 32),
+                               sincos_position_embeddings(*last.shape[-2:], 32)])
+        tokens = torch.cat([fine, coarse], 1) + positions
+        expected = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + model.fusion.token_type_embeddings.weight[1]
+        fusion_input = output.image_fusion_output.hidden_states[0]
+        assert fusion_input.shape == (2, 1 + stage2.shape[-2] * stage2.shape[-1] + last.shape[-2] * last.shape[-1], 32)
+        torch.testing.assert_close(fusion_input, expected, atol=1e-5, rtol=1e-4)
+        # Moving the image moves the answer: positions matter (the same tokens without them fuse differently).
+        plain = build(mf.FlorenceFusionModel, vision_feature_stages=[2, 3], image_position_embeddings=False)
+        assert not torch.allclose(plain(**inputs).pooler_output, output.pooler_output)
+
+
+def test_sincos_position_embeddings_place_each_token_on_the_unit_square():
+    table = sincos_position_embeddings(2, 3, 16, dtype=torch.float64)
+    assert table.shape == (6, 16)
+    frequencies = 8 * math.pi * 100.0 ** (-torch.arange(4, dtype=torch.float64) / 4)
+    x, y = (2 + 0.5) / 3, (1 + 0.5) / 2  # row 1, column 2: the last token
+    torch.testing.assert_close(table[5], torch.cat([(x * frequencies).sin(), (x * frequencies).cos(),
+                                                    (y * frequencies).sin(), (y * frequencies).cos()]))
+    assert torch.cdist(table, table).fill_diagonal_(1).min() > 0.1  # every token its own place
+    # resolution-independent: the centre of a 1x1 grid and of a 3x3 grid is the same point
+    torch.testing.assert_close(sincos_position_embeddings(1, 1, 16)[0], sincos_position_embeddings(3, 3, 16)[4])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"vision_feature_stages": [2]}, "ending with the last"),
+        ({"vision_feature_stages": [3, 2]}, "ascending"),
+        ({"vision_feature_stages": [0, 3]}, "in \\[1, 3\\]"),
+        ({"vision_feature_stages": []}, "vision_feature_stages"),
+        ({"image_position_embeddings": True, "hidden_size": 30, "num_attention_heads": 3}, "divisible by 4"),
+    ],
+)
+def test_invalid_image_stream_settings_raise(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_vqa_config(**overrides)
 
 
 def test_vqa_loss_is_bce_on_soft_scores_times_the_answers():
@@ -280,24 +346,39 @@ def test_bad_model_inputs_raise_clear_errors(change, message):
         model(**inputs)
 
 
+@pytest.mark.parametrize("stream", ["multi-stage", "meter"])
 @pytest.mark.parametrize("cls", [mf.FlorenceForVQA, mf.FlorenceFusionModel])
-def test_precomputed_image_features_give_the_same_outputs(cls):
+def test_precomputed_image_features_give_the_same_outputs(cls, stream):
     """`image_hidden_states` (a frozen tower's features, computed once) stands in for `pixel_values` exactly."""
-    model = build(cls)
+    model = build(cls, **(METER_STREAM if stream == "meter" else {}))
     inputs = {**text_inputs(2), **pixel_inputs(2)}
     with torch.no_grad():
         expected = model(**inputs).pooler_output
-        features = model.vision_model(pixel_values=inputs.pop("pixel_values")).last_hidden_state
-        actual = model(**inputs, image_hidden_states=features.half()).pooler_output
+        pixel_values = inputs.pop("pixel_values")
+        features = model.get_image_hidden_states(pixel_values)
+        if stream == "meter":
+            torch.testing.assert_close(features, model.vision_model(pixel_values=pixel_values).last_hidden_state)
+            half = features.half()
+        else:
+            assert [f.shape[-1] for f in features] == model.config.vision_config.stage_dims[1:]
+            assert all(f.ndim == 4 for f in features)  # maps: the (non-square) grid the positions need
+            half = tuple(f.half() for f in features)
+        actual = model(**inputs, image_hidden_states=half).pooler_output
         torch.testing.assert_close(actual, expected, atol=5e-3, rtol=5e-3)  # fp16 features
         torch.testing.assert_close(model(**inputs, image_hidden_states=features).pooler_output, expected)
+    last = features if stream == "meter" else features[-1]
     width = model.config.vision_config.hidden_size
     with pytest.raises(ValueError, match="not both"):
-        model(**inputs, pixel_values=pixel_inputs(2)["pixel_values"], image_hidden_states=features)
-    with pytest.raises(ValueError, match=f"shape \\(batch, tokens, {width}\\)"):
-        model(**inputs, image_hidden_states=features[..., :-1])
+        model(**inputs, pixel_values=pixel_values, image_hidden_states=features)
+    with pytest.raises(ValueError, match=f"\\(batch, tokens, {width}\\)"):
+        model(**inputs, image_hidden_states=last[..., :-1])
     with pytest.raises(ValueError, match="1 images but 2 questions"):
-        model(**inputs, image_hidden_states=features[:1])
+        model(**inputs, image_hidden_states=features[:1] if stream == "meter" else tuple(f[:1] for f in features))
+    if stream != "meter":
+        with pytest.raises(ValueError, match="stages \\[2, 3\\]"):  # the last stage alone is not enough here
+            model(**inputs, image_hidden_states=last)
+        with pytest.raises(ValueError, match="non-square"):
+            model(**inputs, image_hidden_states=tuple(f.flatten(1, 2) for f in features))
 
 
 def test_from_florence_copies_both_towers_exactly(tmp_path):
