@@ -27,7 +27,8 @@ from modeling_florence.model_card import write_model_card
 from modeling_florence.processing_florence_vqa import mask_tokens
 
 FUSION_FIELDS = ("hidden_size", "num_fusion_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-                 "hidden_dropout_prob", "attention_probs_dropout_prob")
+                 "hidden_dropout_prob", "attention_probs_dropout_prob", "vision_feature_stages",
+                 "image_position_embeddings")
 
 
 class TensorDataset(torch.utils.data.Dataset):
@@ -79,16 +80,26 @@ def trim_padding(*datasets: TensorDataset) -> tuple[TensorDataset, ...]:
 
 
 def cache_image_features(model, *datasets: TensorDataset, batch_size: int = 256) -> None:
-    """Frozen image tower: replace each split's `pixel_values` by the tower's output (`image_hidden_states`),
-    computed once, so training steps run the text tower, fusion and head only."""
+    """Frozen image tower: replace each split's `pixel_values` by the tower's output (`image_hidden_states`: the
+    tokens of every `vision_feature_stages` entry), computed once, so training steps run the text tower, fusion and
+    head only. Several stages are stored as columns `image_hidden_states.<i>`, reassembled by `FeatureCollator`."""
     model.vision_model.requires_grad_(False).eval()
     for dataset in datasets:
         pixels, features = dataset.columns.pop("pixel_values"), []
-        with torch.inference_mode():
-            for start in range(0, len(pixels), batch_size):
-                output = model.vision_model(pixel_values=pixels[start : start + batch_size].float())
-                features.append(output.last_hidden_state.half())
-        dataset.columns["image_hidden_states"] = torch.cat(features)
+        for start in range(0, len(pixels), batch_size):
+            output = model.get_image_hidden_states(pixels[start : start + batch_size].float())
+            features.append([output] if isinstance(output, torch.Tensor) else list(output))
+        for stage, stage_features in enumerate(zip(*features)):
+            dataset.columns[f"image_hidden_states.{stage}"] = torch.cat(stage_features).half()
+
+
+def feature_collator(rows: list[dict]) -> dict:
+    """Stacks rows; the cached stage features (`image_hidden_states.<i>`) become one `image_hidden_states` tuple."""
+    batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+    stages = sorted((key for key in batch if key.startswith("image_hidden_states.")), key=lambda k: int(k.rsplit(".")[1]))
+    if stages:
+        batch["image_hidden_states"] = tuple(batch.pop(key) for key in stages)
+    return batch
 
 
 def blind_baseline(train, test) -> dict[str, float]:
@@ -124,7 +135,7 @@ def training_arguments(args, output: Path, steps: int, learning_rate: float, eva
         lr_scheduler_type="cosine", logging_steps=max(1, steps // 10), save_strategy="no",
         eval_strategy="steps" if eval_every else "no", eval_steps=eval_every or None,
         report_to=[], dataloader_num_workers=0, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-        seed=args.seed, disable_tqdm=True, max_grad_norm=1.0,
+        seed=args.seed, disable_tqdm=True, max_grad_norm=1.0, bf16=args.bf16,
     )
 
 
@@ -199,6 +210,8 @@ def main(argv=None):
                         help="learning-rate factor of pretrained towers (1 when they start from their init)")
     parser.add_argument("--freeze-image-tower", action="store_true",
                         help="keep the image tower frozen and compute its features once (much faster steps)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 autocast (on CPUs with bf16 units, e.g. AVX-512 BF16 / AMX: ~1.2x faster steps)")
     parser.add_argument("--pretrain-steps", type=int, default=0, help="ITM + MLM fusion pretraining steps first")
     parser.add_argument("--mask-token-id", type=int, default=0, help="MLM stand-in mask id ('!' in the CLIP vocab)")
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: at the end only)")
@@ -237,7 +250,7 @@ def main(argv=None):
     trainer = Trainer(
         model=model, args=training_arguments(args, output / "trainer", args.steps, args.learning_rate, args.eval_every),
         train_dataset=train_set, eval_dataset=test_set, compute_metrics=make_compute_metrics(test, vocabulary),
-        optimizers=(optimizer_for(model, args.learning_rate, tower_lr_scale), None),
+        data_collator=feature_collator, optimizers=(optimizer_for(model, args.learning_rate, tower_lr_scale), None),
     )
     train_start = time.perf_counter()
     trainer.train()

@@ -82,6 +82,8 @@ class ShapesData:
     num_classification_test: int = bounded(600, low=0)
     label_fraction: float = bounded(0.3, low=0.0, high=1.0)
     detailed_fraction: float = bounded(0.3, low=0.0, high=1.0)
+    # colours and shapes of the training pairs: the 30 zero-shot classes' or "all" of Florence Shapes
+    vocabulary: str = bounded("classes", choices=("classes", "all"))
     seed: int = bounded(0, low=0, high=2**32 - 1)
 
     def __post_init__(self):

@@ -45,6 +45,8 @@ CLASS_SHAPES = ("circle", "square", "triangle", "star", "cross")
 # two halves of the range. The smallest object is ~12 px wide in the demo's 32 px images (3 patches of a patch-4
 # encoder), still recognisable; the largest still fits inside a corner cell of the 3x3 position grid.
 RADIUS_RANGE = (0.18, 0.3)
+# (colours, shapes) of pretraining pairs: the zero-shot classes' or every one.
+PAIR_VOCABULARIES = {"classes": (CLASS_COLOURS, CLASS_SHAPES), "all": (tuple(COLOURS), SHAPES)}
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "center", "right")
 ACTIONS = ("moving left", "moving right", "moving up", "moving down", "growing", "shrinking", "rotating")
 SPLITS = ("train", "validation", "test")
@@ -255,12 +257,19 @@ def held_out_object(rng: np.random.Generator, index: int, image_size: int) -> Sh
 
 def build_pairs(
     num_train: int = 20000, num_validation: int = 1000, num_test: int = 1000, image_size: int = 64, seed: int = 0,
-    label_fraction: float = 0.3, detailed_fraction: float = 0.3,
+    label_fraction: float = 0.3, detailed_fraction: float = 0.3, vocabulary: str = "classes",
 ) -> DatasetDict:
     """Image-text pairs: short labels (is_label, for prompt templates), varied captions, detailed captions.
 
+    Training objects use the colours and shapes of `vocabulary`: "classes", those of the 30 zero-shot classes
+    (6 colours x 5 shapes), or "all", every colour and shape of Florence Shapes (8 x 8: what the VQA, detection and
+    video tasks draw, so a tower pretrained on them knows every word and shape those tasks use).
+
     Held-out splits (validation/test) hold single-object images with detailed captions that cycle through all 540
     (colour, shape, size, position) combinations: the retrieval benchmark, with distinct captions."""
+    if vocabulary not in PAIR_VOCABULARIES:
+        raise ValueError(f"vocabulary must be one of {sorted(PAIR_VOCABULARIES)}, got {vocabulary!r}")
+    colours, shapes = PAIR_VOCABULARIES[vocabulary]
     features = Features({"image": Image(), "text": Value("string"), "is_label": Value("bool"),
                          "num_objects": Value("int32")})
 
@@ -271,7 +280,7 @@ def build_pairs(
             return {"image": png(render(objects, image_size, rng)), "text": detailed_caption(objects[0], image_size),
                     "is_label": False, "num_objects": 1}
         count = 1 if rng.random() < 0.7 else int(rng.integers(2, 4))
-        objects = sample_scene(rng, image_size, count, shapes=CLASS_SHAPES, colours=CLASS_COLOURS)
+        objects = sample_scene(rng, image_size, count, shapes=shapes, colours=colours)
         draw = rng.random()
         if count == 1 and draw < detailed_fraction:
             text, is_label = detailed_caption(objects[0], image_size), False

@@ -52,6 +52,7 @@ def recipe_file(tmp_path, **fields) -> Path:
     ({"data": {"source": "shapes", "num_trian": 5}}, r"Unknown data keys \['num_trian'\]"),
     ({"data": {"source": "shapes", "label_fraction": 1.5}}, r"data.label_fraction must be between 0.0 and 1.0"),
     ({"data": {"source": "shapes", "label_fraction": 0.8, "detailed_fraction": 0.3}}, r"must be <= 1"),
+    ({"data": {"source": "shapes", "vocabulary": "every"}}, r"data.vocabulary must be one of \[.classes., .all.\]"),
     ({"data": {"source": "jsonl", "paht": "x.jsonl"}}, r"Unknown data keys \['paht'\] for source 'jsonl'"),
     ({"data": {"source": "csv"}}, r"data block for source 'csv' needs \['path'\]"),
     ({"model": "florence-tiniest"}, r"Unknown preset 'florence-tiniest'"),

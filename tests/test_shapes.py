@@ -37,6 +37,22 @@ def test_pairs_have_duplicates_labels_and_distinct_held_out_captions(pairs):
     assert np.asarray(train[0]["image"]).shape == (64, 64, 3)
 
 
+def test_pair_vocabulary_chooses_the_training_colours_and_shapes():
+    """"classes": the 30 zero-shot classes' 6 colours x 5 shapes; "all": every colour and shape of Shapes (what the
+    adapters' tasks use); held-out pairs are the same either way (the retrieval benchmark)."""
+    def words(dataset):
+        return set(" ".join(dataset["text"]).replace(",", " ").split())
+
+    classes = shapes.build_pairs(num_train=300, num_validation=0, num_test=20, seed=1)
+    every = shapes.build_pairs(num_train=300, num_validation=0, num_test=20, seed=1, vocabulary="all")
+    unseen = (set(shapes.SHAPES) - set(shapes.CLASS_SHAPES)) | (set(shapes.COLOURS) - set(shapes.CLASS_COLOURS))
+    assert not words(classes["train"]) & unseen
+    assert unseen <= words(every["train"])
+    assert every["test"]["text"] == classes["test"]["text"]
+    with pytest.raises(ValueError, match="vocabulary"):
+        shapes.build_pairs(num_train=1, num_validation=0, num_test=0, vocabulary="some")
+
+
 def dominant_colour(image: np.ndarray, obj_mask: np.ndarray) -> str:
     mean = image[obj_mask].mean(axis=0)
     return min(shapes.COLOURS, key=lambda name: np.abs(np.asarray(shapes.COLOURS[name]) - mean).sum())
