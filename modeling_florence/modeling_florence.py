@@ -179,6 +179,13 @@ class FlorencePreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = True
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """`set_attn_implementation` works: every attention layer (text here, CoSwin's in the image tower) picks its
+        kernel per call from `ALL_ATTENTION_FUNCTIONS` (`modeling_coswin.attention_function`), which Transformers'
+        source heuristic does not see through."""
+        return True
+
     @torch.no_grad()
     def _init_weights(self, module):
         """CLIP's text init (normal, std scaled by width and depth, recorded on each layer by `init_std`), zero

@@ -415,6 +415,13 @@ class FlorenceDetectionPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = True
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """`set_attn_implementation` works: the only dot-product attention is the towers' (CoSwin, text), which picks
+        its kernel per call from `ALL_ATTENTION_FUNCTIONS`; DyHead's scale/spatial/task "attentions" are not
+        attention kernels (Transformers' source heuristic takes `FlorenceScaleAttention` for one)."""
+        return True
+
     @torch.no_grad()
     def _init_weights(self, module):
         """The detector's own layers (the towers keep their own init), each as its `init_scheme` records: FPN convs

@@ -452,6 +452,20 @@ def test_sdpa_equals_eager(cls, tmp_path):
 
 
 @pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_set_attn_implementation_switches_every_attention_layer(cls):
+    """`model.set_attn_implementation(...)` on a built model (as with CLIP): every (sub-)config follows, and the
+    kernels it selects give the outputs of a model loaded with that implementation."""
+    model = build(cls)
+    inputs = TESTERS[cls.__name__].make_inputs(2)
+    with torch.no_grad():
+        reference = model(**inputs)
+        model.set_attn_implementation("eager")
+        configs = [module.config for module in model.modules() if isinstance(module, PreTrainedModel)]
+        assert {config._attn_implementation for config in configs} == {"eager"}
+        assert_outputs_close(model(**inputs), reference, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
 def test_gradient_checkpointing_gives_the_same_gradients(cls):
     tester = TESTERS[cls.__name__]
     inputs = {**tester.make_inputs(2), **tester.loss_inputs}
