@@ -36,7 +36,7 @@ demo: install
 # with its processor to outputs/florence-vqa-tiny-shapes.
 demo-vqa: install
 	test -d outputs/florence-tiny-shapes || $(MAKE) demo
-	$(PY) examples/finetune_vqa.py --florence outputs/florence-tiny-shapes --output outputs/florence-vqa-tiny-shapes
+	$(PY) examples/finetune_vqa.py --florence outputs/florence-tiny-shapes --output outputs/florence-vqa-tiny-shapes --bf16
 
 # The Gradio demo Space on the `make demo*` models (FLORENCE_MODEL, FLORENCE_DETECTION_MODEL, FLORENCE_VQA_MODEL,
 # FLORENCE_VIDEO_MODEL = folder or repo id to change; a missing one is a note in its tab), http://127.0.0.1:7860.

@@ -19,7 +19,14 @@ from modeling_florence.modeling_florence_vqa import (
     vqa_loss,
 )
 from modeling_florence.processing_florence_vqa import mask_tokens, soft_scores
-from tests.test_common import pixel_inputs, text_inputs, tiny_florence_config, tiny_vqa_config
+from tests.test_common import (
+    pixel_inputs,
+    text_inputs,
+    tiny_florence_config,
+    tiny_text_config,
+    tiny_vision_config,
+    tiny_vqa_config,
+)
 
 torch.set_num_threads(1)
 
@@ -591,6 +598,39 @@ def test_a_tiny_model_learns_to_answer_from_the_image():
     with torch.no_grad():
         predicted = [r[0]["answer"] for r in processor.post_process_vqa(model(**batch))]
     assert predicted == names
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_finetune_script_trains_evaluates_and_saves(tmp_path, freeze):
+    """examples/finetune_vqa.py on Trainer, from a (tiny, 4-stage) pretrained Florence folder with the preset's
+    fusion (stages 3 + 4, positions): trains, evaluates per question type next to the blind baseline, saves a folder
+    that answers questions; with `--freeze-image-tower` the cached multi-stage features train the same model."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "finetune_vqa.py"
+    spec = importlib.util.spec_from_file_location("finetune_vqa", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    vision = tiny_vision_config(depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4]).to_dict()
+    mf.FlorenceModel(mf.FlorenceConfig(vision_config=vision, text_config=tiny_text_config().to_dict(),
+                                       projection_dim=24)).save_pretrained(tmp_path / "florence")
+    output = tmp_path / "vqa"
+    argv = ["--florence", str(tmp_path / "florence"), "--output", str(output), "--num-train", "40", "--num-test", "20",
+            "--steps", "2", "--batch-size", "8", "--image-size", "32", "--shapes-image-size", "48"]
+    results = script.main(argv + (["--freeze-image-tower"] if freeze else []))
+    kinds = {"colour", "count", "existence", "position", "shape"}
+    assert {f"accuracy_{kind}" for kind in kinds} <= set(results["vqa"]) and "accuracy" in results["blind_baseline"]
+    assert json.loads((output / "eval_results.json").read_text())["vqa"] == results["vqa"]
+    model = mf.FlorenceForVQA.from_pretrained(output).eval()
+    assert model.config.vision_feature_stages == [3, 4] and model.config.image_position_embeddings
+    processor = mf.FlorenceVQAProcessor.from_pretrained(output)
+    inputs = processor(text=["what colour is the circle?"], images=[Image.new("RGB", (48, 48), "red")])
+    with torch.no_grad():
+        answer = processor.post_process_vqa(model(**inputs), top_k=1)[0][0]["answer"]
+    assert answer in model.config.answers
 
 
 # ----------------------------------------------------------------------------------------------------------------------
