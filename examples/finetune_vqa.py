@@ -97,7 +97,8 @@ def cache_image_features(model, *datasets: TensorDataset, batch_size: int = 256)
 def feature_collator(rows: list[dict]) -> dict:
     """Stacks rows; the cached stage features (`image_hidden_states.<i>`) become one `image_hidden_states` tuple."""
     batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
-    stages = sorted((key for key in batch if key.startswith("image_hidden_states.")), key=lambda k: int(k.rsplit(".")[1]))
+    stages = sorted((key for key in batch if key.startswith("image_hidden_states.")),
+                    key=lambda key: int(key.rsplit(".")[1]))
     if stages:
         batch["image_hidden_states"] = tuple(batch.pop(key) for key in stages)
     return batch

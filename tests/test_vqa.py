@@ -280,9 +280,9 @@ def test_earlier_stages_and_position_embeddings_enter_the_image_stream():
         vision = model.vision_model(pixel_values=inputs["pixel_values"])
         stage2, last = vision.feature_maps[1], vision.feature_maps[2]
         projection = model.fusion.image_stage_transforms["stage2"]
-        fine = F.linear(F.layer_norm(stage2.flatten(2).transpose(1, 2), (stage2.shape[1],), projection.layer_norm.weight,
-                                     projection.layer_norm.bias, projection.layer_norm.eps),
-                        projection.dense.weight, projection.dense.bias)
+        norm = projection.layer_norm
+        normed = F.layer_norm(stage2.flatten(2).transpose(1, 2), (stage2.shape[1],), norm.weight, norm.bias, norm.eps)
+        fine = F.linear(normed, projection.dense.weight, projection.dense.bias)
         coarse = model.fusion.image_transform(vision.last_hidden_state)
         positions = torch.cat([sincos_position_embeddings(*stage2.shape[-2:], 32),
                                sincos_position_embeddings(*last.shape[-2:], 32)])
