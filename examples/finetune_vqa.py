@@ -83,7 +83,7 @@ def trim_padding(*datasets: TensorDataset) -> tuple[TensorDataset, ...]:
 def cache_image_features(model, *datasets: TensorDataset, batch_size: int = 256) -> None:
     """Frozen image tower: replace each split's `pixel_values` by the tower's output (`image_hidden_states`: the
     tokens of every `vision_feature_stages` entry), computed once, so training steps run the text tower, fusion and
-    head only. Several stages are stored as columns `image_hidden_states.<i>`, reassembled by `FeatureCollator`."""
+    head only. Several stages are stored as columns `image_hidden_states.<i>`, reassembled by `feature_collator`."""
     model.vision_model.requires_grad_(False).eval()
     for dataset in datasets:
         pixels, features = dataset.columns.pop("pixel_values"), []

@@ -16,6 +16,7 @@ from pathlib import Path
 from .configuration_florence import load_preset, presets_dir
 from .data_florence import image_folder_pairs, load_image_text_pairs
 from .evaluation_florence import load_templates
+from .shapes import PAIR_VOCABULARIES
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 DATA_LOADERS = {"imagefolder": image_folder_pairs, "jsonl": load_image_text_pairs, "csv": load_image_text_pairs,
@@ -83,7 +84,7 @@ class ShapesData:
     label_fraction: float = bounded(0.3, low=0.0, high=1.0)
     detailed_fraction: float = bounded(0.3, low=0.0, high=1.0)
     # colours and shapes of the training pairs: the 30 zero-shot classes' or "all" of Florence Shapes
-    vocabulary: str = bounded("classes", choices=("classes", "all"))
+    vocabulary: str = bounded("classes", choices=tuple(PAIR_VOCABULARIES))
     seed: int = bounded(0, low=0, high=2**32 - 1)
 
     def __post_init__(self):
