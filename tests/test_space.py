@@ -166,9 +166,11 @@ def test_a_person_classifies_an_upload_in_chromium(app_url, image_path, expected
 def test_twenty_concurrent_requests_all_answer_correctly(app_url, image_path, expected_scores):
     from gradio_client import Client, handle_file
 
-    client = Client(app_url, verbose=False)
-
+    # One client per request: a gradio_client `Client` shared by 20 threads races on its event stream (a finished job's
+    # message can arrive after its thread is marked complete: CancelledError, seen once in a full-suite run); the server
+    # still gets the 20 requests at once.
     def ask(_):
+        client = Client(app_url, verbose=False)
         return client.predict(handle_file(str(image_path)), LABELS, api_name="/classify")
 
     with ThreadPoolExecutor(max_workers=20) as pool:
