@@ -25,6 +25,16 @@ def test_same_seed_same_bytes_other_seed_other_images(pairs):
     assert smaller["train"]["text"] == pairs["train"]["text"][:10]
 
 
+def test_worker_processes_generate_the_same_rows_as_one_process(monkeypatch):
+    serial = shapes.build_vqa(num_train=90, num_validation=0, num_test=7, seed=2)
+    monkeypatch.setattr(shapes, "PARALLEL_MIN_EXAMPLES", 1)
+    monkeypatch.setattr(shapes, "_generation_processes", lambda count: 2)
+    forked = shapes.build_vqa(num_train=90, num_validation=0, num_test=7, seed=2)
+    for split in ("train", "test"):
+        assert forked[split].data.equals(serial[split].data)
+    assert shapes._GENERATION is None
+
+
 def test_pairs_have_duplicates_labels_and_distinct_held_out_captions(pairs):
     train = pairs["train"]
     assert {len(pairs[s]) for s in ("validation", "test")} == {60} and len(train) == 400
