@@ -309,6 +309,16 @@ def bf16_on_this_cpu() -> bool:
                                                                        "_is_amx_tile_supported"))
 
 
+def fused_adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW with its fused kernel where the parameters' device has one: on CPU torch's default is a Python loop over
+    the tensors (the fused kernel updates the 49k-row token embedding ~1.5x faster; ~12 % of a tiny VQA step); the
+    loop elsewhere."""
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def resolve_mixed_precision(requested: str) -> tuple[str, str]:
     """The recipe's mixed precision and a line saying which runs: `bf16` on a CPU without bf16 units falls back to
     fp32 (emulated bf16 would be slower)."""
@@ -408,10 +418,7 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n or "logit_scale" in n]
     decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "embedding" in n or "logit_scale" in n)]
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    try:  # the fused kernel updates the 49k-row token embedding ~1.5x faster than the per-tensor loop
-        optimizer = torch.optim.AdamW(groups, lr=recipe.learning_rate, fused=True)
-    except (RuntimeError, ValueError):
-        optimizer = torch.optim.AdamW(groups, lr=recipe.learning_rate)
+    optimizer = fused_adamw(groups, lr=recipe.learning_rate)
     scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 

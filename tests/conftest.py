@@ -1,5 +1,8 @@
 """Shared test helpers."""
 
+import importlib.util
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
@@ -32,3 +35,18 @@ def fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
+
+
+@pytest.fixture
+def example_script():
+    """`load(relative_path)`: import a script under `examples/` (e.g. "finetune_vqa.py", "space/app.py") as a module;
+    the examples are scripts, not a package."""
+
+    def load(relative_path: str):
+        path = Path(__file__).resolve().parent.parent / "examples" / relative_path
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -500,16 +500,10 @@ def test_object_detection_pipeline_uses_the_stored_class_names(open_vocabulary_f
     assert results and {r["label"] for r in results} <= {"red circle", "blue star", "green cross"}
 
 
-def test_finetune_script_trains_evaluates_saves_and_resumes(tmp_path):
+def test_finetune_script_trains_evaluates_saves_and_resumes(tmp_path, example_script):
     """examples/finetune_detection.py on Trainer: a 2-step closed-set run from random weights writes the detector,
     its processor, COCO metrics, a model card and predictions.png; a resumed run continues from the checkpoint."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "examples" / "finetune_detection.py"
-    spec = importlib.util.spec_from_file_location("finetune_detection", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = example_script("finetune_detection.py")
     common = ["--output", str(tmp_path), "--num-train", "8", "--num-eval", "4", "--image-size", "64",
               "--per_device_train_batch_size", "4", "--save_steps", "1"]
     metrics = script.main(common + ["--max_steps", "2"])

@@ -298,12 +298,8 @@ def test_task_tabs_refuse_bad_uploads_clearly(app_url, image_path, tmp_path):
         client.predict(handle_file(str(long_clip)), "only one", api_name="/recognise")
 
 
-def test_a_missing_model_folder_gives_a_note_not_a_crash(monkeypatch, tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("space_app", APP)
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+def test_a_missing_model_folder_gives_a_note_not_a_crash(monkeypatch, tmp_path, example_script):
+    app = example_script("space/app.py")
     for demo in (app.DetectionDemo, app.VQADemo, app.VideoDemo):
         monkeypatch.delenv(demo.env, raising=False)
         monkeypatch.chdir(tmp_path)  # no outputs/ here: the default folders are missing

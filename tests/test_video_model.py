@@ -514,17 +514,12 @@ def test_trainer_multi_view_evaluation_averages_each_videos_views(tmp_path):
         VideoViewsDataset(clips, labels, num_views=2)
 
 
-def test_finetune_video_script_runs_with_multi_view_evaluation(tmp_path):
+def test_finetune_video_script_runs_with_multi_view_evaluation(tmp_path, example_script):
     """examples/finetune_video.py end to end on a few Shapes videos from random weights: Trainer fine-tuning, 2 clips x
     3 crops per held-out video, a pipeline-ready folder and eval_results.json."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "examples" / "finetune_video.py"
-    spec = importlib.util.spec_from_file_location("finetune_video", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = example_script("finetune_video.py")
     results = script.main(["--image-model", "none", "--output", str(tmp_path), "--num-train", "14", "--num-test", "7",
                            "--image-size", "32", "--resize", "36", "--batch-size", "7", "--video-text-epochs", "1",
                            "--classification-epochs", "1", "--threads", "1"])

@@ -600,22 +600,11 @@ def test_a_tiny_model_learns_to_answer_from_the_image():
     assert predicted == names
 
 
-def finetune_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "examples" / "finetune_vqa.py"
-    spec = importlib.util.spec_from_file_location("finetune_vqa", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-def test_finetune_optimizer_scales_each_tower_and_skips_decay_on_norms_and_biases():
-    model = build(num_labels=5)
+def test_finetune_optimizer_scales_each_tower_and_skips_decay_on_norms_and_biases(example_script):
+    model, script = build(num_labels=5), example_script("finetune_vqa.py")
     lr = {}
     for image_scale, expected_image in ((None, 0.3), (2.0, 2.0)):
-        optimizer = finetune_script().optimizer_for(model, 1e-3, 0.3, image_scale)
+        optimizer = script.optimizer_for(model, 1e-3, 0.3, image_scale)
         for group in optimizer.param_groups:
             for parameter in group["params"]:
                 lr[id(parameter)] = (group["lr"], group["weight_decay"])
@@ -627,13 +616,13 @@ def test_finetune_optimizer_scales_each_tower_and_skips_decay_on_norms_and_biase
 
 
 @pytest.mark.parametrize("freeze", [False, True])
-def test_finetune_script_trains_evaluates_and_saves(tmp_path, freeze):
+def test_finetune_script_trains_evaluates_and_saves(tmp_path, freeze, example_script):
     """examples/finetune_vqa.py on Trainer, from a (tiny, 4-stage) pretrained Florence folder with the preset's
     fusion (stages 3 + 4, positions): trains, evaluates per question type next to the blind baseline, saves a folder
     that answers questions; with `--freeze-image-tower` the cached multi-stage features train the same model."""
     import json
 
-    script = finetune_script()
+    script = example_script("finetune_vqa.py")
     torch.manual_seed(0)
     vision = tiny_vision_config(depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4]).to_dict()
     mf.FlorenceModel(mf.FlorenceConfig(vision_config=vision, text_config=tiny_text_config().to_dict(),
