@@ -22,6 +22,10 @@ from transformers import (
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_BACKBONE_MAPPING_NAMES,
     MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES,
+    MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES,
     MODEL_MAPPING_NAMES,
 )
 
@@ -138,13 +142,10 @@ def _register_auto_classes() -> None:
     MODEL_FOR_BACKBONE_MAPPING_NAMES.setdefault(FlorenceVisionConfig.model_type, FlorenceVisionBackbone.__name__)
 
     # Image classification (fine-tuning): a vision folder, or a two-tower folder (its image tower, a new head: see
-    # `FlorenceForImageClassification`); listed where Transformers lists its own image classifiers for the pipeline.
+    # `FlorenceForImageClassification`) (listed for the pipeline in `_list_pipeline_models`).
     AutoModelForImageClassification.register(FlorenceVisionConfig, FlorenceForImageClassification, exist_ok=True)
     AutoModelForImageClassification._model_mapping.register(FlorenceConfig, FlorenceForImageClassification,
                                                             exist_ok=True)
-    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.setdefault(
-        FlorenceVisionConfig.model_type, FlorenceForImageClassification.__name__
-    )
 
     # Object detection: both detection pipelines run on a saved detector folder. The object-detection pipeline must
     # not get a tokenizer (FlorenceDetectionTokenizer declines it), the zero-shot one does.
@@ -165,6 +166,20 @@ def _register_auto_classes() -> None:
     AutoProcessor.register(FlorenceVQAConfig, FlorenceVQAProcessor, exist_ok=True)
     AutoTokenizer.register(FlorenceVQAConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
     MODEL_MAPPING_NAMES.setdefault(FlorenceVQAConfig.model_type, FlorenceFusionModel.__name__)
+
+
+def _list_pipeline_models() -> None:
+    """Name our models where Transformers lists the models of each pipeline task. A pipeline checks its model's
+    class name against these lists (`Pipeline.check_model_type`) and otherwise logs a "not supported" error, which
+    `Auto*.register` does not prevent for every task (object detection and video classification among them)."""
+    for names, config_class, model_class in (
+        (MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES, FlorenceDetectionConfig, FlorenceForObjectDetection),
+        (MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES, FlorenceDetectionConfig, FlorenceForObjectDetection),
+        (MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES, FlorenceConfig, FlorenceModel),
+        (MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES, FlorenceVisionConfig, FlorenceForImageClassification),
+        (MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES, FlorenceVideoConfig, FlorenceForVideoClassification),
+    ):
+        names.setdefault(config_class.model_type, model_class.__name__)
 
 
 def _load_local_backbone_folders() -> None:
@@ -193,4 +208,5 @@ def _load_local_backbone_folders() -> None:
 
 
 _register_auto_classes()
+_list_pipeline_models()
 _load_local_backbone_folders()

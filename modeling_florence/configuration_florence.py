@@ -6,6 +6,8 @@ Named presets (``coswin-t`` ... ``florence-huge``) are JSON files shipped with t
 :func:`load_preset`.
 """
 
+import dataclasses
+import difflib
 import json
 from pathlib import Path
 
@@ -17,6 +19,57 @@ logger = logging.get_logger(__name__)
 
 PATCH_EMBED_CHOICES = ("conv", "linear")
 DOWNSAMPLE_CHOICES = ("conv", "merge")
+
+# Keyword arguments Transformers' `PreTrainedConfig` reads, or writes into a saved `config.json`, besides its dataclass
+# fields: each is accepted by every Florence config (see `check_config_kwargs`).
+PRETRAINED_CONFIG_KWARGS = frozenset({
+    "model_type", "name_or_path", "_name_or_path", "_commit_hash", "transformers_version", "auto_map",
+    "torch_dtype", "num_labels", "output_attentions", "attn_implementation", "_attn_implementation_internal",
+    "experts_implementation", "_experts_implementation_internal", "per_layer_config", "rope_scaling", "rope_theta",
+    "tokenizer_class", "pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id",
+    "tie_word_embeddings", "is_decoder", "add_cross_attention", "cross_attention_hidden_size",
+    "tie_encoder_decoder", "finetuning_task", "task_specific_params", "prefix", "pruned_heads", "torchscript",
+    "use_bfloat16", "tf_legacy_loss", "quantization_config", "base_model_tp_plan", "base_model_pp_plan",
+})
+
+
+def _accepted_kwargs(config_class) -> set[str]:
+    """The keys a config class takes: its dataclass fields (Transformers' own included), `attribute_map` aliases,
+    the generation parameters Transformers drops from configs, and `PRETRAINED_CONFIG_KWARGS`."""
+    from transformers.generation import GenerationConfig
+
+    accepted = {field.name for field in dataclasses.fields(config_class)} | set(config_class.attribute_map)
+    accepted |= {name.lstrip("_") for name in accepted if name.startswith("_")}  # `_out_features` -> `out_features`
+    return accepted | set(GenerationConfig._get_default_generation_params()) | PRETRAINED_CONFIG_KWARGS
+
+
+def check_config_kwargs(config, kwargs: dict, derived: tuple[str, ...] = ()) -> None:
+    """Refuse keyword arguments a config would otherwise keep as stray attributes (`embed_dims=64` next to
+    `embed_dim`), with a `ValueError` naming the key, its closest field and the valid fields. `derived` names the
+    attributes the config computes itself and writes into `to_dict()` (read back when a saved config loads)."""
+    accepted = _accepted_kwargs(type(config)) | set(derived)
+    unknown = sorted(key for key in kwargs if key not in accepted)
+    if not unknown:
+        return
+    fields = sorted(field.name for field in dataclasses.fields(type(config)) if not field.name.startswith("_"))
+    hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, fields, 1))
+                           else "") for key in unknown]
+    raise ValueError(f"Unknown {type(config).__name__} argument(s) {', '.join(hints)}; valid fields: {fields}")
+
+
+def check_overrides(config, overrides: dict, where: str = "overrides") -> None:
+    """Every key of `overrides` (and of a nested sub-config dict) must be a field of `config`: one check for
+    `load_preset` overrides and recipes' `model_overrides`. A `ValueError` names the key, its closest field and the
+    valid ones."""
+    known = config.to_dict()
+    for key, value in overrides.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{where}.{key} is not a field of the {config.model_type} config{hint}; "
+                             f"fields: {sorted(known)}")
+        if isinstance(value, dict) and isinstance(getattr(config, key, None), PreTrainedConfig):  # a sub-config
+            check_overrides(getattr(config, key), value, f"{where}.{key}")
 
 
 class FlorenceVisionConfig(BackboneConfigMixin, PreTrainedConfig):
@@ -82,6 +135,7 @@ class FlorenceVisionConfig(BackboneConfigMixin, PreTrainedConfig):
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
         self.check_fields()
+        check_config_kwargs(self, kwargs, derived=("hidden_size", "num_layers", "stage_names"))
         super().__post_init__(**kwargs)
 
     @property
@@ -157,6 +211,7 @@ class FlorenceTextConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.check_fields()
+        check_config_kwargs(self, kwargs)
         super().__post_init__(**kwargs)
 
     def check_fields(self):
@@ -200,6 +255,7 @@ class FlorenceConfig(PreTrainedConfig):
             value = getattr(self, key)
             if value is None or isinstance(value, dict):
                 setattr(self, key, config_class(**(value or {})))
+        check_config_kwargs(self, kwargs)
         super().__post_init__(**kwargs)
 
 
@@ -230,22 +286,35 @@ def _preset_model_type(path: Path):
     return content.get("model_type") if isinstance(content, dict) else None
 
 
+def preset_path(name: str) -> Path:
+    """The JSON file of a named preset. Only names are read, never paths: a name with a path separator or a leading
+    dot (`../x`, `/etc/x`) is refused, so `load_preset` reads nothing outside the presets folder; load a config file
+    of your own with `AutoConfig.from_pretrained` or `Config.from_json_file`."""
+    if not isinstance(name, str) or not name or any(sep in name for sep in ("/", "\\")) or name.startswith("."):
+        raise ValueError(f"Preset names are plain names such as 'florence-tiny', not paths, got {name!r}: to load a "
+                         f"config file use AutoConfig.from_pretrained; available presets: "
+                         f"{', '.join(available_presets())}")
+    path = presets_dir() / f"{name}.json"
+    if (_preset_model_type(path) if path.is_file() else None) not in CONFIG_CLASSES:
+        raise ValueError(f"Unknown preset {name!r}; available presets: {', '.join(available_presets())}")
+    return path
+
+
 def load_preset(name: str, **overrides) -> PreTrainedConfig:
     """Return the config of a named preset (e.g. ``"coswin-t"``, ``"florence-base"``), with keyword overrides.
 
     A dict override of a sub-config is merged into the preset's (``vision_config={"image_size": 32}`` changes only
-    the image size), so a recipe can adjust one field without restating the tower."""
-    path = presets_dir() / f"{name}.json"
-    model_type = _preset_model_type(path) if path.is_file() else None
-    if model_type not in CONFIG_CLASSES:
-        raise ValueError(f"Unknown preset {name!r}; available presets: {', '.join(available_presets())}")
-    config_dict = json.loads(path.read_text())
-    config_dict.pop("model_type")
+    the image size), so a recipe can adjust one field without restating the tower. Every override key, nested ones
+    included, must be a field of the config (`check_overrides`, the check recipes use): a typo is an error."""
+    config_dict = json.loads(preset_path(name).read_text())
+    config_class = CONFIG_CLASSES[config_dict.pop("model_type")]
+    if overrides:
+        check_overrides(config_class(**config_dict), overrides, where=name)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config_dict.get(key), dict):
             value = {**config_dict[key], **value}
         config_dict[key] = value
-    return CONFIG_CLASSES[model_type](**config_dict)
+    return config_class(**config_dict)
 
 
 __all__ = [
@@ -253,6 +322,8 @@ __all__ = [
     "FlorenceTextConfig",
     "FlorenceVisionConfig",
     "available_presets",
+    "check_config_kwargs",
+    "check_overrides",
     "load_preset",
     "presets_dir",
 ]

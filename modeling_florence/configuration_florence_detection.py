@@ -10,7 +10,7 @@ the text tower. Presets: ``florence-detection-tiny`` and ``florence-detection-ba
 from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .configuration_florence import CONFIG_CLASSES, FlorenceTextConfig, FlorenceVisionConfig
+from .configuration_florence import CONFIG_CLASSES, FlorenceTextConfig, FlorenceVisionConfig, check_config_kwargs
 
 # How the high branch of a DyHead block (deformable conv on the coarser level L+1) uses the offsets and mask computed
 # at level L, whose map is about 4x larger than that branch's output. The official detectron2 code feeds the larger
@@ -95,6 +95,7 @@ class FlorenceDetectionConfig(PreTrainedConfig):
         self.out_features = list(self.out_features)
         self.box_coder_weights = [float(w) for w in self.box_coder_weights]
         self.check_fields()
+        check_config_kwargs(self, kwargs)
         super().__post_init__(**kwargs)
 
     @property

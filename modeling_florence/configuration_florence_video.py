@@ -10,7 +10,7 @@ merging: `"conv"` is Florence's 3-D convolutional embedding and merging, `"linea
 
 from transformers import PreTrainedConfig
 
-from .configuration_florence import FlorenceTextConfig
+from .configuration_florence import FlorenceTextConfig, check_config_kwargs
 
 PATCH_EMBED_CHOICES = ("conv", "linear")
 DOWNSAMPLE_CHOICES = ("conv", "merge")
@@ -93,6 +93,7 @@ class FlorenceVideoVisionConfig(PreTrainedConfig):
         self.num_layers = len(self.depths)
         self.hidden_size = int(self.embed_dim * 2 ** (len(self.depths) - 1))
         self.check_fields()
+        check_config_kwargs(self, kwargs, derived=("hidden_size", "num_layers"))
         super().__post_init__(**kwargs)
 
     @property
@@ -166,6 +167,7 @@ class FlorenceVideoConfig(PreTrainedConfig):
             value = getattr(self, key)
             if value is None or isinstance(value, dict):
                 setattr(self, key, config_class(**(value or {})))
+        check_config_kwargs(self, kwargs)
         super().__post_init__(**kwargs)
 
     @property

@@ -8,7 +8,7 @@ paper's METER used RoBERTa-base. The answer vocabulary is `id2label` (`num_label
 
 from transformers import AutoConfig, PreTrainedConfig
 
-from .configuration_florence import FlorenceTextConfig, FlorenceVisionConfig
+from .configuration_florence import FlorenceTextConfig, FlorenceVisionConfig, check_config_kwargs
 
 
 class FlorenceVQAConfig(PreTrainedConfig):
@@ -77,6 +77,7 @@ class FlorenceVQAConfig(PreTrainedConfig):
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         self.check_fields()
+        check_config_kwargs(self, kwargs)
         super().__post_init__(**kwargs)
 
     def check_fields(self):

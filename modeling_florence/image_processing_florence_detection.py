@@ -29,6 +29,12 @@ def image_size(image) -> tuple[int, int]:
     raise ValueError(f"Cannot read the size of an image of shape {shape}")
 
 
+def clip_boxes(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor:
+    """xyxy `boxes` clipped to a `width` x `height` image (x to [0, width], y to [0, height])."""
+    upper = boxes.new_tensor([width, height, width, height])
+    return torch.minimum(boxes.clamp(min=0), upper)
+
+
 class FlorenceDetectionImageProcessor(FlorenceImageProcessor):
     r"""
     Image processor of [`FlorenceForObjectDetection`].
@@ -156,7 +162,8 @@ class FlorenceDetectionImageProcessor(FlorenceImageProcessor):
                                       top_k: int | None = None) -> list[dict]:
         """Detections per image, as Transformers' detection processors: `{"scores", "labels", "boxes"}` with boxes in
         xyxy pixels of `target_sizes` (`(B, 2)` heights and widths of the original images; without them, boxes are
-        normalised to [0, 1]).
+        normalised to [0, 1]). Boxes are clipped to the image (ATSS regressions can reach past its border), as
+        detectron2 and mmdetection do, before NMS.
 
         Score = sigmoid(class logit) * sigmoid(centerness); locations above `threshold` (default
         `score_threshold`), the best `pre_nms_top_k` of them, class-wise NMS at `nms_iou_threshold`, then at most
@@ -175,9 +182,8 @@ class FlorenceDetectionImageProcessor(FlorenceImageProcessor):
             candidates = candidates[flat[candidates].topk(min(self.pre_nms_top_k, len(candidates))).indices]
             locations, labels = candidates // num_classes, candidates % num_classes
             boxes = box_convert(pred_boxes[image, locations].float(), "cxcywh", "xyxy")
-            if target_sizes is not None:
-                height, width = (float(v) for v in target_sizes[image])
-                boxes = boxes * boxes.new_tensor([width, height, width, height])
+            height, width = (1.0, 1.0) if target_sizes is None else (float(v) for v in target_sizes[image])
+            boxes = clip_boxes(boxes * boxes.new_tensor([width, height, width, height]), height, width)
             keep = batched_nms(boxes, flat[candidates], labels, self.nms_iou_threshold)[:top_k]
             results.append({"scores": flat[candidates][keep], "labels": labels[keep], "boxes": boxes[keep]})
         return results

@@ -13,7 +13,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from .configuration_florence import load_preset, presets_dir
+from .configuration_florence import check_overrides, load_preset, presets_dir
 from .data_florence import image_folder_pairs, load_image_text_pairs
 from .evaluation_florence import load_templates
 from .shapes import PAIR_VOCABULARIES
@@ -113,16 +113,6 @@ def check_data(data: dict) -> None:
         raise ValueError(f"data block for source {source!r} needs {missing}")
 
 
-def check_overrides(config, overrides: dict, where: str = "model_overrides") -> None:
-    """Every key of `model_overrides` (and of a nested sub-config dict) must be a field of the config."""
-    known = config.to_dict()
-    for key, value in overrides.items():
-        if key not in known:
-            raise ValueError(f"{where}.{key} is not a field of the {config.model_type} config; fields: {sorted(known)}")
-        if isinstance(value, dict) and isinstance(known[key], dict):
-            check_overrides(getattr(config, key), value, f"{where}.{key}")
-
-
 @dataclass
 class Recipe:
     model: str = "florence-tiny"
@@ -186,7 +176,7 @@ class Recipe:
 
     def model_config(self):
         """The config of the model this recipe trains: its preset with `model_overrides` merged in."""
-        check_overrides(load_preset(self.model), self.model_overrides)
+        check_overrides(load_preset(self.model), self.model_overrides, where="model_overrides")
         return load_preset(self.model, **self.model_overrides)
 
     def template_list(self) -> list[str]:

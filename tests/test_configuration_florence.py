@@ -1,0 +1,90 @@
+"""Configs refuse what they would silently ignore: typos in preset overrides (every preset, one check shared with
+recipes' `model_overrides`), unknown constructor kwargs, and preset names that are paths. Every preset still saves
+and loads unchanged."""
+
+import json
+
+import pytest
+from transformers import AutoConfig
+
+import modeling_florence as mf
+from modeling_florence.configuration_florence_video import FlorenceVideoVisionConfig
+from modeling_florence.configuration_florence import check_overrides
+from modeling_florence.recipe_florence import check_overrides as recipe_check
+
+PRESETS = mf.available_presets()
+WITH_VISION = [name for name in PRESETS if "vision_config" in mf.load_preset(name).to_dict()]
+
+
+def test_recipes_and_presets_share_one_override_check():
+    assert recipe_check is check_overrides
+
+
+@pytest.mark.parametrize("name", WITH_VISION)
+def test_a_typo_in_a_sub_config_override_names_the_key_and_the_fields(name):
+    with pytest.raises(ValueError, match=r"vision_config\.windw_size is not a field.*did you mean 'window_size'"):
+        mf.load_preset(name, vision_config={"windw_size": 2})
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_a_top_level_typo_is_refused_and_a_real_field_still_applies(name):
+    with pytest.raises(ValueError, match=r"initializer_rnge is not a field.*fields: \["):
+        mf.load_preset(name, initializer_rnge=0.1)
+    field = "initializer_factor" if "initializer_factor" in mf.load_preset(name).to_dict() else "initializer_range"
+    assert getattr(mf.load_preset(name, **{field: 0.5}), field) == 0.5
+
+
+def test_a_sub_config_override_still_merges_into_the_preset():
+    config = mf.load_preset("florence-tiny", vision_config={"window_size": 2})
+    assert config.vision_config.window_size == 2
+    assert config.vision_config.depths == mf.load_preset("florence-tiny").vision_config.depths
+
+
+@pytest.mark.parametrize("name", ["../configuration/florence-tiny", "/etc/passwd", "sub/florence-tiny",
+                                  "..\\florence-tiny", ".hidden", ""])
+def test_preset_names_that_are_paths_are_refused(name):
+    with pytest.raises(ValueError, match="not paths"):
+        mf.load_preset(name)
+
+
+def test_a_json_file_outside_the_presets_is_never_read(tmp_path):
+    outside = tmp_path / "evil.json"
+    outside.write_text(json.dumps({"model_type": "florence", "projection_dim": 3}))
+    with pytest.raises(ValueError, match="not paths"):
+        mf.load_preset(str(tmp_path / "evil"))
+
+
+@pytest.mark.parametrize(
+    "config_class, key, close",
+    [(mf.FlorenceVisionConfig, "embed_dims", "embed_dim"), (mf.FlorenceTextConfig, "hidden_sise", "hidden_size"),
+     (mf.FlorenceConfig, "projection_dims", "projection_dim"), (mf.FlorenceDetectionConfig, "fpn_channel",
+                                                                "fpn_channels"),
+     (FlorenceVideoVisionConfig, "window_sise", "window_size"), (mf.FlorenceVideoConfig, "classifier_drop",
+                                                                 "classifier_dropout"),
+     (mf.FlorenceVQAConfig, "num_fusion_layer", "num_fusion_layers"), (mf.FlorenceConfig, "zzz", None)],
+)
+def test_unknown_config_kwargs_are_refused_naming_the_closest_field(config_class, key, close):
+    with pytest.raises(ValueError, match=rf"Unknown {config_class.__name__} argument\(s\) '{key}'") as error:
+        config_class(**{key: 64})
+    if close is not None:
+        assert f"did you mean '{close}'" in str(error.value)
+
+
+def test_transformers_own_kwargs_still_work():
+    config = mf.FlorenceVisionConfig(num_labels=4, output_attentions=True, torch_dtype="float32",
+                                     out_features=["stage2"], use_cache=False, tie_word_embeddings=False)
+    assert config.num_labels == 4 and config.out_features == ["stage2"]
+    detector = mf.FlorenceDetectionConfig(id2label={0: "a", 1: "b"}, architectures=["FlorenceForObjectDetection"])
+    assert detector.num_labels == 2
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_round_trips_through_save_and_load(name, tmp_path):
+    config = mf.load_preset(name)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is type(config)
+    expected, found = config.to_dict(), loaded.to_dict()
+    expected.pop("_name_or_path"), found.pop("_name_or_path")
+    assert found == expected
+    assert type(config).from_dict(config.to_dict()).to_dict() == config.to_dict()
