@@ -1,7 +1,9 @@
 """Build the CLIP BPE tokenizer offline, from the vocabulary file that ships inside the `open_clip_torch` wheel.
 
-Writes Transformers tokenizer files (tokenizer.json + tokenizer_config.json) that `AutoTokenizer` and
-`CLIPTokenizer` load with no network. The result ships with the project in `configuration/tokenizer/`, so users
+Writes Transformers tokenizer files (tokenizer.json + tokenizer_config.json) of `FlorenceTokenizer`, which
+`AutoTokenizer` (once `modeling_florence` is imported) and `FlorenceTokenizer.from_pretrained` load with no network:
+the same tokenizer a saved model folder holds, reading a literal `<|endoftext|>` in a caption as text
+(`split_special_tokens`, also written to the config so even a plain `CLIPTokenizer` reads the folder that way). The result ships with the project in `configuration/tokenizer/`, so users
 never need this script; it documents and reproduces how those files were made:
 
     python conversion/build_tokenizer.py --output configuration/tokenizer
@@ -16,9 +18,14 @@ pooled feature. CLIP's ftfy/html clean-up of raw text happens in `FlorenceProces
 import argparse
 import gzip
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
-from transformers import CLIPTokenizer
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from modeling_florence.tokenization_florence import FlorenceTokenizer  # noqa: E402
 
 CONTEXT_LENGTH = 77
 NUM_MERGES = 49152 - 256 - 2  # the vocabulary file's merges that CLIP uses
@@ -56,9 +63,9 @@ def read_vocabulary(bpe_path: Path) -> tuple[dict[str, int], list[tuple[str, str
     return {token: index for index, token in enumerate(tokens)}, merges
 
 
-def build_tokenizer(bpe_path: Path | None = None) -> CLIPTokenizer:
+def build_tokenizer(bpe_path: Path | None = None) -> FlorenceTokenizer:
     vocab, merges = read_vocabulary(bpe_path or default_bpe_path())
-    tokenizer = CLIPTokenizer(
+    tokenizer = FlorenceTokenizer(
         vocab=vocab, merges=merges, bos_token=BOS, eos_token=EOS, unk_token=EOS, pad_token=EOS,
         model_max_length=CONTEXT_LENGTH,
     )
@@ -67,13 +74,24 @@ def build_tokenizer(bpe_path: Path | None = None) -> CLIPTokenizer:
     return tokenizer
 
 
+def save_tokenizer(tokenizer: FlorenceTokenizer, output) -> None:
+    """`save_pretrained`, keeping in `tokenizer_config.json` only what loading needs (no record of where the
+    tokenizer was loaded from), with keys sorted: the shipped folder is reproducible byte for byte."""
+    tokenizer.save_pretrained(output)
+    path = Path(output) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("is_local", "local_files_only", "name_or_path"):
+        config.pop(key, None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "configuration" / "tokenizer"))
     parser.add_argument("--bpe", type=Path, default=None, help="bpe_simple_vocab_16e6.txt.gz (default: open_clip's)")
     args = parser.parse_args(argv)
     tokenizer = build_tokenizer(args.bpe)
-    tokenizer.save_pretrained(args.output)
+    save_tokenizer(tokenizer, args.output)
     print(f"Wrote {args.output}: {len(tokenizer)} tokens, bos {tokenizer.bos_token_id}, eos {tokenizer.eos_token_id}")
 
 
