@@ -554,7 +554,9 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
             raise ValueError("No candidate labels: set_class_names needs at least one name")
         templates = templates or ["{}"]
         texts = [template.format(name) for name in names for template in templates]
-        tokens = tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        # Truncated to the text tower's positions (end-of-text id kept last): long class names encode, not overflow.
+        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
+                           max_length=self.config.text_config.max_position_embeddings).to(self.device)
         length = tokens["input_ids"].shape[-1]
         embeds = self.get_class_embeddings(
             tokens["input_ids"].view(len(names), len(templates), length),

@@ -9,7 +9,9 @@ Images and videos given as strings are read as local paths; URLs are downloaded 
 `allow_urls=True`. `from_pretrained` refuses a folder whose tokenizer files are missing or broken, naming the file.
 
 UniCL treats pairs whose texts are identical as positives of each other. The label of a text is a stable 63-bit
-hash (BLAKE2b) of its cleaned, lower-cased form: the same in every process and run, unlike Python's salted `hash`.
+hash (BLAKE2b) of its token ids as the text tower reads them (cleaned, lower-cased, truncated to 77 positions):
+texts with identical ids are positives, and the label is the same in every process and run, unlike Python's salted
+`hash`.
 """
 
 import functools
@@ -48,15 +50,31 @@ def clean_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-@functools.lru_cache(maxsize=1 << 16)  # captions repeat across steps, and ftfy cleaning costs ~0.1 ms a text
-def text_label(text: str) -> int:
-    """Stable UniCL label of a text: identical (cleaned, case-folded) texts share it across processes and runs."""
-    digest = hashlib.blake2b(clean_text(text).lower().encode("utf-8"), digest_size=8).digest()
+@functools.lru_cache(maxsize=1)
+def _label_tokenizer() -> FlorenceTokenizer:
+    return FlorenceTokenizer.from_pretrained(default_tokenizer_path())
+
+
+def ids_label(content_ids, tokenizer=None) -> int:
+    """Stable UniCL label of a text's token ids (start/end ids excluded): texts with identical ids share it, in every
+    process and run. It hashes (BLAKE2b, 63 bits) the ids decoded to words, which for plain words is the cleaned,
+    lower-cased text itself ("a red circle")."""
+    words = (tokenizer or _label_tokenizer()).decode(list(content_ids), clean_up_tokenization_spaces=False).strip()
+    digest = hashlib.blake2b(words.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") & (2**63 - 1)
 
 
-def text_labels(texts: list[str]) -> torch.Tensor:
-    return torch.tensor([text_label(text) for text in texts], dtype=torch.long)
+@functools.lru_cache(maxsize=1 << 16)  # captions repeat across steps, and ftfy cleaning costs ~0.1 ms a text
+def text_label(text: str, max_length: int = CONTEXT_LENGTH) -> int:
+    """Stable UniCL label of a text as the text tower reads it: cleaned, tokenized and truncated to `max_length`
+    positions exactly as `FlorenceProcessor` does, so two texts with the same ids (equal up to case, spacing, or past
+    the truncation) are positives of each other."""
+    tokenizer = _label_tokenizer()
+    return ids_label(encode_like_open_clip(tokenizer, [clean_text(text)])[0][: max_length - 2], tokenizer)
+
+
+def text_labels(texts: list[str], max_length: int = CONTEXT_LENGTH) -> torch.Tensor:
+    return torch.tensor([text_label(text, max_length) for text in texts], dtype=torch.long)
 
 
 class FlorenceProcessor(ProcessorMixin):
@@ -94,9 +112,11 @@ class FlorenceProcessor(ProcessorMixin):
             if not all(isinstance(t, str) for t in texts):
                 raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}")
             text_kwargs = {k: kwargs.pop(k) for k in ("padding", "truncation", "max_length") if k in kwargs}
-            outputs.update(self.tokenize(texts, return_tensors=return_tensors, **text_kwargs))
-            if return_labels:
-                outputs["labels"] = text_labels(texts)
+            max_length = text_kwargs.get("max_length")
+            rows = self.token_rows(texts, text_kwargs.get("truncation", True), max_length)
+            outputs.update(self.pad_rows(rows, text_kwargs.get("padding", True), max_length, return_tensors))
+            if return_labels:  # from the ids the model reads: texts equal up to the truncation are positives
+                outputs["labels"] = torch.tensor([ids_label(row[1:-1], self.tokenizer) for row in rows])
         elif return_labels:
             raise ValueError("return_labels=True needs text: UniCL labels are computed from the texts")
         if images is not None:
@@ -110,12 +130,20 @@ class FlorenceProcessor(ProcessorMixin):
         """`input_ids`/`attention_mask` of raw texts, equal to open_clip's ids: cleaned, encoded with open_clip's
         reading of special-token strings, wrapped in start/end ids (truncated to `max_length`, 77 by default, with
         the end id kept last), then padded by the tokenizer."""
+        rows = self.token_rows(texts, truncation, max_length)
+        return self.pad_rows(rows, padding=padding, max_length=max_length, return_tensors=return_tensors)
+
+    def token_rows(self, texts: list[str], truncation: bool = True, max_length: int | None = None) -> list[list[int]]:
+        """Unpadded ids of raw texts: start id, content (truncated to `max_length - 2`), end id."""
         max_length = max_length or CONTEXT_LENGTH
         bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
         rows = []
         for content in encode_like_open_clip(self.tokenizer, [clean_text(text) for text in texts]):
             rows.append([bos] + (content[: max_length - 2] if truncation else content) + [eos])
-        pad_to = max_length if padding == "max_length" else None
+        return rows
+
+    def pad_rows(self, rows: list[list[int]], padding=True, max_length: int | None = None, return_tensors="pt"):
+        pad_to = (max_length or CONTEXT_LENGTH) if padding == "max_length" else None
         return self.tokenizer.pad({"input_ids": rows}, padding=padding, max_length=pad_to, return_tensors=return_tensors)
 
     def batch_decode(self, *args, **kwargs):
@@ -135,4 +163,4 @@ def _batch(outputs: dict):
     return BatchFeature({k: v for k, v in outputs.items()}, tensor_type=None)
 
 
-__all__ = ["FlorenceProcessor", "clean_text", "default_tokenizer_path", "text_label", "text_labels"]
+__all__ = ["FlorenceProcessor", "clean_text", "default_tokenizer_path", "ids_label", "text_label", "text_labels"]

@@ -1,12 +1,13 @@
 # Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
 """Florence's tokenizer: CLIP's BPE, loaded only from complete files, with open_clip's treatment of special tokens.
 
-`FlorenceTokenizer` is Transformers' `CLIPTokenizer` with two differences that matter for untrusted text:
+`FlorenceTokenizer` is Transformers' `CLIPTokenizer` with three differences that matter for untrusted text:
 
 - **Loading fails loudly.** Transformers' CLIP tokenizer, given a folder whose `tokenizer.json` is missing, builds a
   two-token tokenizer without complaint. `FlorenceTokenizer.from_pretrained` (and so `AutoTokenizer` and
   `FlorenceProcessor.from_pretrained` on a saved folder) checks the files first and the result after, and raises an
   error naming the missing or broken file.
+- **Long texts are truncated by default** to the 77 positions of the text tower, the end-of-text id kept last.
 - **Special-token text is text.** A literal `<|endoftext|>` or `<|startoftext|>` in user text is split into ordinary
   BPE tokens (`split_special_tokens=True`), as open_clip does; otherwise a caption could end itself early, since the
   text tower pools at the first end-of-text id.
@@ -80,7 +81,7 @@ def check_clip_vocabulary(tokenizer, source) -> None:
         raise ValueError(f"The tokenizer loaded from {source} has {found[0]} tokens and start/end ids {found[1:]}; "
                          f"Florence needs CLIP's BPE ({VOCAB_SIZE} tokens, ids {BOS_ID}/{EOS_ID})")
     text, expected = _PROBE
-    if tokenizer(text, add_special_tokens=False)["input_ids"] != expected:
+    if tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"] != expected:
         raise ValueError(f"The tokenizer loaded from {source} does not tokenize like CLIP's BPE (wrong merges?)")
 
 
@@ -104,6 +105,12 @@ class FlorenceTokenizer(CLIPTokenizer):
     def __init__(self, *args, split_special_tokens: bool = True, **kwargs):
         super().__init__(*args, split_special_tokens=split_special_tokens, **kwargs)
 
+    def __call__(self, *args, truncation=None, **kwargs):
+        """Transformers' call, truncating by default to `model_max_length` (77: the text tower's positions) with the
+        end-of-text id kept last, so long texts (class names in `set_class_names` and the zero-shot pipelines) encode
+        instead of overflowing the position table. Pass `truncation=False` for the full ids."""
+        return super().__call__(*args, truncation=True if truncation is None else truncation, **kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         return load_checked(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
@@ -125,7 +132,7 @@ def encode_like_open_clip(tokenizer, texts: list[str]) -> list[list[int]]:
         plan.append(len(pieces))
         pieces.append(lowered[start:] if plan[:-1] else text)  # no special: the text exactly as before
         plans.append(plan)
-    encoded = tokenizer(pieces, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    encoded = tokenizer(pieces, add_special_tokens=False, split_special_tokens=True, truncation=False)["input_ids"]
     return [[token for step in plan for token in (encoded[step] if step >= 0 else [-step])] for plan in plans]
 
 

@@ -103,3 +103,16 @@ def test_video_classification_pipeline_is_quiet(tmp_path, log_records):
     scores = pipeline("video-classification", model=str(tmp_path))(video)
     assert_quiet(log_records)
     assert sorted(s["label"] for s in scores) == ["left", "right", "still"]
+
+
+def test_zero_shot_object_detection_pipeline_takes_labels_longer_than_the_text_tower(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_detection_config(text_config=tiny_text_config(max_position_embeddings=77).to_dict(),
+                                   projection_dim=24)
+    mf.FlorenceForObjectDetection(config).save_pretrained(tmp_path)
+    detection_processor(config).save_pretrained(tmp_path)
+    mf.FlorenceDetectionTokenizer.from_defaults().save_pretrained(tmp_path)
+    long_label = " ".join(["striped"] * 100)
+    results = pipeline("zero-shot-object-detection", model=str(tmp_path))(
+        photo(), candidate_labels=[long_label, "red circle"], threshold=0.0, top_k=10)
+    assert len(results) == 10 and {r["label"] for r in results} <= {long_label, "red circle"}

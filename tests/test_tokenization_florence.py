@@ -37,3 +37,10 @@ def test_a_saved_model_folder_and_the_shipped_folder_give_the_same_tokenizer(tmp
     saved, shipped = AutoTokenizer.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(default_tokenizer_path())
     assert type(saved) is type(shipped) is mf.FlorenceTokenizer
     assert saved(CAPTION)["input_ids"] == shipped(CAPTION)["input_ids"]
+
+
+def test_long_texts_are_truncated_by_default_with_the_end_id_last():
+    tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_path())
+    ids = tokenizer(["word " * 200, "short"], padding=True)["input_ids"]
+    assert len(ids[0]) == 77 and ids[0][0] == BOS and ids[0][-1] == EOS
+    assert len(tokenizer("word " * 200, truncation=False)["input_ids"]) == 202
