@@ -88,3 +88,7 @@ def test_every_preset_round_trips_through_save_and_load(name, tmp_path):
     expected.pop("_name_or_path"), found.pop("_name_or_path")
     assert found == expected
     assert type(config).from_dict(config.to_dict()).to_dict() == config.to_dict()
+
+
+def test_constructor_keywords_such_as_num_labels_are_valid_overrides():
+    assert mf.load_preset("florence-vqa-tiny", num_labels=7).num_labels == 7
