@@ -59,8 +59,8 @@ def check_config_kwargs(config, kwargs: dict, derived: tuple[str, ...] = ()) -> 
 
 def check_overrides(config, overrides: dict, where: str = "overrides") -> None:
     """Every key of `overrides` (and of a nested sub-config dict) must be a field of `config` (or a keyword its
-    constructor takes, such as `num_labels`): one check for `load_preset` overrides and recipes' `model_overrides`. A `ValueError` names the key, its closest field and the
-    valid ones."""
+    constructor takes, such as `num_labels`): one check for `load_preset` overrides and recipes' `model_overrides`.
+    A `ValueError` names the key, its closest field and the valid ones."""
     known = config.to_dict()
     for key, value in overrides.items():
         if key not in known and key not in _accepted_kwargs(type(config)):  # e.g. `num_labels`
