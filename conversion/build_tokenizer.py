@@ -3,8 +3,9 @@
 Writes Transformers tokenizer files (tokenizer.json + tokenizer_config.json) of `FlorenceTokenizer`, which
 `AutoTokenizer` (once `modeling_florence` is imported) and `FlorenceTokenizer.from_pretrained` load with no network:
 the same tokenizer a saved model folder holds, reading a literal `<|endoftext|>` in a caption as text
-(`split_special_tokens`, also written to the config so even a plain `CLIPTokenizer` reads the folder that way). The result ships with the project in `configuration/tokenizer/`, so users
-never need this script; it documents and reproduces how those files were made:
+(`split_special_tokens`, also written to the config so even a plain `CLIPTokenizer` reads the folder that way).
+The result ships with the project in `configuration/tokenizer/`, so users never need this script; it documents and
+reproduces how those files were made:
 
     python conversion/build_tokenizer.py --output configuration/tokenizer
 

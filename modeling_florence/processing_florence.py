@@ -143,8 +143,11 @@ class FlorenceProcessor(ProcessorMixin):
         return rows
 
     def pad_rows(self, rows: list[list[int]], padding=True, max_length: int | None = None, return_tensors="pt"):
+        """`input_ids`/`attention_mask` of `token_rows`, padded by the tokenizer (to `max_length` with
+        `padding="max_length"`)."""
         pad_to = (max_length or CONTEXT_LENGTH) if padding == "max_length" else None
-        return self.tokenizer.pad({"input_ids": rows}, padding=padding, max_length=pad_to, return_tensors=return_tensors)
+        return self.tokenizer.pad({"input_ids": rows}, padding=padding, max_length=pad_to,
+                                  return_tensors=return_tensors)
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
