@@ -90,25 +90,23 @@ class Source:
         # Subscript assignments (TESTERS['x'] = ...) and bare expressions (registrations) always follow their base.
         self.trailing = [(n, s) for n, s in self.others if not defined_names(n)]
 
-    def closure(self, roots):
-        """Other-nodes (helpers, fixtures, constants) needed by the given nodes, transitively, in source order."""
-        need, todo = set(), list(roots)
+    def _add_dependencies(self, todo, need):
+        """Add to `need` the other-nodes the nodes in `todo` read, transitively."""
         while todo:
             node = todo.pop()
             for name in names_used(node):
                 if name in self.by_name and id(self.by_name[name][0]) not in need:
                     need.add(id(self.by_name[name][0]))
                     todo.append(self.by_name[name][0])
+
+    def closure(self, roots):
+        """Other-nodes (helpers, fixtures, constants) needed by the given nodes, transitively, in source order."""
+        need = set()
+        self._add_dependencies(list(roots), need)
         for node, _ in self.trailing:  # e.g. TESTERS[...] = ...: kept with what it extends
             if names_used(node) & {n for o, _ in self.others if id(o) in need for n in defined_names(o)}:
                 need.add(id(node))
-                todo = [node]
-                while todo:
-                    cur = todo.pop()
-                    for name in names_used(cur):
-                        if name in self.by_name and id(self.by_name[name][0]) not in need:
-                            need.add(id(self.by_name[name][0]))
-                            todo.append(self.by_name[name][0])
+                self._add_dependencies([node], need)
         return [(n, s) for n, s in self.others if id(n) in need]
 
 
