@@ -25,7 +25,11 @@ from transformers import Trainer
 import modeling_florence as mf
 from modeling_florence.model_card import write_model_card
 from modeling_florence.recipe_florence import check_arguments
-from modeling_florence.training_florence import ArgumentParser, RawDescriptionHelpFormatter, training_arguments  # noqa: E501
+from modeling_florence.training_florence import (
+    ArgumentParser,
+    RawDescriptionHelpFormatter,
+    training_arguments,
+)
 from modeling_florence.training_florence_detection import (
     HELD_OUT_CLASSES,
     IGNORED_OUTPUTS,

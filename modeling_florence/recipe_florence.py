@@ -30,9 +30,11 @@ def bounded(default=MISSING, low=None, high=None, choices=None, default_factory=
                  metadata={"low": low, "high": high, "choices": choices})
 
 
-def check_number(name: str, value, low=None, high=None, above: bool = False, integer: bool = False) -> None:
+def check_number(name: str, value, low=None, high=None, above: bool = False, integer: bool = False,
+                 nonzero: bool = False) -> None:
     """The one range check for numbers, from recipes and scripts alike: a real number (an `int` when `integer`; never a
-    bool), finite (NaN and infinities such as `1e999` refused), `>= low` (`> low` when `above`) and `<= high`."""
+    bool), finite (NaN and infinities such as `1e999` refused), `>= low` (`> low` when `above`), `<= high`, and not 0
+    when `nonzero` (e.g. `max_steps`, where -1 means "use the epochs")."""
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
@@ -42,6 +44,8 @@ def check_number(name: str, value, low=None, high=None, above: bool = False, int
         raise ValueError(f"{name} must be {'>' if above else '>='} {low}, got {value!r}")
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value!r}")
+    if nonzero and value == 0:
+        raise ValueError(f"{name} must not be 0, got {value!r}")
 
 
 def check_arguments(args, ranges: dict) -> None:

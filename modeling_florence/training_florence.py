@@ -110,5 +110,5 @@ def training_arguments(output_dir, **overrides):
     return TrainingArguments(**defaults)
 
 
-__all__ = ["ArgumentParser", "RawDescriptionHelpFormatter", "bf16_on_this_cpu", "fused_adamw", "grouped_adamw", "quiet_defaults", "require_columns", "resolve_bf16",
-           "training_arguments"]
+__all__ = ["ArgumentParser", "RawDescriptionHelpFormatter", "bf16_on_this_cpu", "fused_adamw", "grouped_adamw",
+           "quiet_defaults", "require_columns", "resolve_bf16", "training_arguments"]

@@ -253,7 +253,8 @@ def test_exported_folders_import_only_the_hub_packages(cls, tmp_path):
 
 def test_the_hub_rule_check_catches_imports_inside_functions(tmp_path):
     (tmp_path / "modeling_x.py").write_text("import torch\nfrom .configuration_x import C\n\n\ndef f():\n"
-                                            "    import datasets\n    from .evaluation_x import g\n    try:\n        import av\n"
+                                            "    import datasets\n    from .evaluation_x import g\n"
+                                            "    try:\n        import av\n"
                                             "    except ImportError:\n        av = None\n")
     (tmp_path / "configuration_x.py").write_text("import json\nfrom transformers import PreTrainedConfig\n")
     assert forbidden_imports(tmp_path) == ["modeling_x.py:6: datasets", "modeling_x.py:7: .evaluation_x"]
