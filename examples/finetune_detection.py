@@ -98,7 +98,8 @@ def main(argv=None) -> dict:
         per_device_eval_batch_size=args.per_device_train_batch_size, learning_rate=args.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=min(50, args.max_steps // 10), max_grad_norm=1.0,
         logging_steps=25, save_steps=args.save_steps, save_total_limit=2, eval_strategy="no",
-        eval_do_concat_batches=False, seed=args.seed, use_cpu=not torch.cuda.is_available(),
+        eval_do_concat_batches=False, seed=args.seed,
+        ddp_find_unused_parameters=args.open_vocabulary,  # the text tower sits out when class_embeds are given use_cpu=not torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
                       data_collator=collator, compute_metrics=make_compute_metrics(processor),
