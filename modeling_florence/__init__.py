@@ -97,6 +97,13 @@ from .processing_florence_vqa import (
     post_process_vqa,
 )
 
+from .configuration_florence_generation import FlorenceGenerationConfig
+from .modeling_florence_generation import (
+    FlorenceForConditionalGeneration,
+    FlorenceGenerationModel,
+    FlorenceGenerationPreTrainedModel,
+)
+
 __version__ = "0.1.0"
 
 
@@ -165,6 +172,18 @@ def _register_auto_classes() -> None:
     AutoProcessor.register(FlorenceVQAConfig, FlorenceVQAProcessor, exist_ok=True)
     AutoTokenizer.register(FlorenceVQAConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
     MODEL_MAPPING_NAMES.setdefault(FlorenceVQAConfig.model_type, FlorenceFusionModel.__name__)
+
+    # Florence-2 generation (DaViT or CoSwin tower on Transformers' Florence-2 classes).
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    AutoConfig.register(FlorenceGenerationConfig.model_type, FlorenceGenerationConfig, exist_ok=True)
+    AutoModel.register(FlorenceGenerationConfig, FlorenceGenerationModel, exist_ok=True)
+    AutoModelForImageTextToText.register(FlorenceGenerationConfig, FlorenceForConditionalGeneration, exist_ok=True)
+    MODEL_MAPPING_NAMES.setdefault(FlorenceGenerationConfig.model_type, FlorenceGenerationModel.__name__)
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.setdefault(
+        FlorenceGenerationConfig.model_type, FlorenceForConditionalGeneration.__name__
+    )
 
 
 def _load_local_backbone_folders() -> None:
