@@ -103,6 +103,14 @@ from .modeling_florence_generation import (
     FlorenceGenerationModel,
     FlorenceGenerationPreTrainedModel,
 )
+from .processing_florence_generation import (
+    FlorenceGenerationProcessor,
+    FlorenceGenerationTokenizer,
+    count_partial_objects,
+    dequantize,
+    location_text,
+    quantize,
+)
 
 __version__ = "0.1.0"
 
@@ -180,6 +188,8 @@ def _register_auto_classes() -> None:
     AutoConfig.register(FlorenceGenerationConfig.model_type, FlorenceGenerationConfig, exist_ok=True)
     AutoModel.register(FlorenceGenerationConfig, FlorenceGenerationModel, exist_ok=True)
     AutoModelForImageTextToText.register(FlorenceGenerationConfig, FlorenceForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(FlorenceGenerationConfig, FlorenceGenerationProcessor, exist_ok=True)
+    AutoTokenizer.register(FlorenceGenerationConfig, fast_tokenizer_class=FlorenceGenerationTokenizer, exist_ok=True)
     MODEL_MAPPING_NAMES.setdefault(FlorenceGenerationConfig.model_type, FlorenceGenerationModel.__name__)
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.setdefault(
         FlorenceGenerationConfig.model_type, FlorenceForConditionalGeneration.__name__
