@@ -186,3 +186,33 @@ def test_bad_input_is_a_clear_error():
         model.generate(**batch, max_new_tokens=0)
     with pytest.raises(ValueError, match="2-D position table"):
         FlorenceForConditionalGeneration(coswin_config(max_position_embeddings=2))(**inputs(model, size=64))
+
+
+def test_model_on_the_shipped_tokenizer_generates_parses_and_serves_the_pipeline(tmp_path):
+    """The path of a model trained here: CoSwin from a two-tower model, the CLIP BPE + Florence-2 tokens, the
+    processor's prompts, batched generation, parsing; the saved folder serves `pipeline("image-text-to-text")`."""
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    tokenizer = mf.FlorenceGenerationTokenizer.from_defaults()
+    text = dict(TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                decoder_start_token_id=tokenizer.eos_token_id)
+    model = FlorenceForConditionalGeneration.from_florence(
+        florence_two_tower(), text_config=text, image_token_id=tokenizer.image_token_id).eval()
+    processor = mf.FlorenceGenerationProcessor.from_defaults(image_size=32,
+                                                             image_seq_length=model.num_image_tokens(32, 32))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    batch = processor(images=[image, image], text=["<OD>", "<CAPTION_TO_PHRASE_GROUNDING>a red circle"])
+    assert (batch["input_ids"] == tokenizer.image_token_id).sum(1).tolist() == [model.num_image_tokens(32, 32)] * 2
+    generated = model.generate(**batch, max_new_tokens=6)
+    parsed = processor.post_process_generation(sequence=generated[0], task="<OD>", image_size=image.size,
+                                               return_dropped=True)
+    assert set(parsed["<OD>"]) == {"bboxes", "labels", "dropped"}
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    served = pipeline("image-text-to-text", model=str(tmp_path))
+    assert type(served.model) is FlorenceForConditionalGeneration
+    (result,) = served(images=image, text="<OD>", max_new_tokens=4)
+    assert result["input_text"] == "<OD>" and isinstance(result["generated_text"], str)
