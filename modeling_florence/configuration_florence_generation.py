@@ -56,6 +56,8 @@ class FlorenceGenerationConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        # A Transformers `florence2` config.json loads here unchanged; it stays a `florence_generation` config.
+        kwargs.pop("model_type", None)
         self.vision_tower = self._resolve_tower()
         if self.vision_config is None or isinstance(self.vision_config, dict):
             vision = dict(self.vision_config or {})

@@ -23,6 +23,7 @@ location tokens and Florence-2's markup tokens, offline. Real Florence-2 checkpo
 (which must know `<image>`, as the `florence-community` folders do).
 """
 
+import functools
 import math
 import re
 
@@ -201,8 +202,7 @@ class FlorenceGenerationProcessor(Florence2Processor):
     def encode_text(self, text: str) -> list[int]:
         """Ids of user text as plain text: cut before the first letter inside every added-token literal, so no piece
         holds one (cuts fall on pre-tokenizer boundaries, so the ids are those of text without added tokens)."""
-        literals = sorted(self.tokenizer.get_added_vocab(), key=len, reverse=True)
-        pattern = re.compile("|".join(re.escape(t) for t in literals)) if literals else None
+        pattern = self._added_token_pattern()
         pieces, start = [], 0
         for match in pattern.finditer(text) if pattern else ():
             letter = next((i for i, c in enumerate(match.group()) if c.isalnum()), 1)
@@ -210,6 +210,10 @@ class FlorenceGenerationProcessor(Florence2Processor):
             start = match.start() + letter
         pieces.append(text[start:])
         return [i for piece in pieces if piece for i in self.tokenizer.encode(piece, add_special_tokens=False)]
+
+    def _added_token_pattern(self):
+        """A regex of the tokenizer's added-token strings, longest first."""
+        return _literal_pattern(tuple(sorted(self.tokenizer.get_added_vocab(), key=lambda t: (-len(t), t))))
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """`<image>` x image_seq_length, bos, the task's prompt (user text as plain text), eos."""
@@ -289,6 +293,11 @@ class FlorenceGenerationProcessor(Florence2Processor):
                 "bbox": [box["xmin"], box["ymin"], box["xmax"] - box["xmin"], box["ymax"] - box["ymin"]],
             })
         return results
+
+
+@functools.lru_cache(maxsize=8)
+def _literal_pattern(literals: tuple[str, ...]):
+    return re.compile("|".join(re.escape(t) for t in literals)) if literals else None
 
 
 def check_image(image, index: int = 0) -> None:

@@ -59,7 +59,7 @@ def transformers_folder(tmp_path_factory):
 def test_transformers_folder_loads_with_equal_logits_and_generation(transformers_folder):
     theirs, folder = transformers_folder
     ours = FlorenceForConditionalGeneration.from_pretrained(folder).eval()
-    assert ours.config.vision_tower == "davit"
+    assert ours.config.vision_tower == "davit" and ours.config.model_type == "florence_generation"
     assert set(ours.state_dict()) == set(theirs.state_dict())
     batch = inputs(ours)
     decoder = torch.tensor([[2, 0, 7, 9], [2, 0, 11, 4]])
