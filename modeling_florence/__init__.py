@@ -97,8 +97,9 @@ from .processing_florence_vqa import (
     post_process_vqa,
 )
 
-from .configuration_florence_generation import FlorenceGenerationConfig
+from .configuration_florence_generation import FlorenceDaViTConfig, FlorenceGenerationConfig
 from .modeling_florence_generation import (
+    FlorenceDaViTBackbone,
     FlorenceForConditionalGeneration,
     FlorenceGenerationModel,
     FlorenceGenerationPreTrainedModel,
@@ -186,6 +187,12 @@ def _register_auto_classes() -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     AutoConfig.register(FlorenceGenerationConfig.model_type, FlorenceGenerationConfig, exist_ok=True)
+    # Its DaViT as a backbone (from a backbone, DaViT generation or Transformers florence2 folder).
+    AutoConfig.register(FlorenceDaViTConfig.model_type, FlorenceDaViTConfig, exist_ok=True)
+    AutoModel.register(FlorenceDaViTConfig, FlorenceDaViTBackbone, exist_ok=True)
+    AutoBackbone.register(FlorenceDaViTConfig, FlorenceDaViTBackbone, exist_ok=True)
+    AutoBackbone._model_mapping.register(FlorenceGenerationConfig, FlorenceDaViTBackbone, exist_ok=True)
+    MODEL_FOR_BACKBONE_MAPPING_NAMES.setdefault(FlorenceDaViTConfig.model_type, FlorenceDaViTBackbone.__name__)
     AutoModel.register(FlorenceGenerationConfig, FlorenceGenerationModel, exist_ok=True)
     AutoModelForImageTextToText.register(FlorenceGenerationConfig, FlorenceForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(FlorenceGenerationConfig, FlorenceGenerationProcessor, exist_ok=True)

@@ -14,6 +14,7 @@ The `model_type` is `florence_generation`: `florence2` belongs to Transformers.
 """
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 from transformers.models.florence2.configuration_florence2 import Florence2VisionConfig
 
 from .configuration_florence import FlorenceVisionConfig
@@ -134,4 +135,23 @@ class FlorenceGenerationConfig(PreTrainedConfig):
                     max_temporal_embeddings=self.max_temporal_embeddings)
 
 
-__all__ = ["FlorenceGenerationConfig"]
+class FlorenceDaViTConfig(BackboneConfigMixin, Florence2VisionConfig):
+    r"""
+    Transformers' `Florence2VisionConfig` (the DaViT of Florence-2) as a backbone config: `stage_names` are `stem`
+    (the first convolutional embedding) and `stage1`..`stageN`; `out_features` / `out_indices` pick the maps a
+    [`FlorenceDaViTBackbone`] returns (default: the last stage).
+    """
+
+    model_type = "florence_davit"
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
+        super().__post_init__(**kwargs)
+
+
+__all__ = ["FlorenceDaViTConfig", "FlorenceGenerationConfig"]

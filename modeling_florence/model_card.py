@@ -30,6 +30,7 @@ PIPELINE_TAGS = {
     "FlorenceForVideoClassification": "video-classification",
     "FlorenceForConditionalGeneration": "image-text-to-text",
     "FlorenceGenerationModel": "feature-extraction",
+    "FlorenceDaViTBackbone": "image-feature-extraction",
 }
 DEFAULT_DATASET = "florence-shapes"
 CITATION = """@article{yuan2021florence,

@@ -19,7 +19,9 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput
 from transformers.models.florence2.modeling_florence2 import (
     Florence2ForConditionalGeneration,
     Florence2Model,
@@ -28,9 +30,10 @@ from transformers.models.florence2.modeling_florence2 import (
     Florence2Seq2SeqLMOutput,
     Florence2Seq2SeqModelOutput,
     Florence2VisionBackbone,
+    Florence2VisionPreTrainedModel,
 )
 
-from .configuration_florence_generation import FlorenceGenerationConfig
+from .configuration_florence_generation import FlorenceDaViTConfig, FlorenceGenerationConfig
 from .modeling_coswin import FlorenceVisionModel
 
 
@@ -232,7 +235,82 @@ class FlorenceForConditionalGeneration(FlorenceGenerationPreTrainedModel, Floren
         return super().generate(*args, **kwargs)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# DaViT as a backbone for the other Florence adapters
+# ----------------------------------------------------------------------------------------------------------------------
+class FlorenceDaViTBackbone(BackboneMixin, Florence2VisionPreTrainedModel):
+    """The DaViT of a Florence-2 folder as a Transformers backbone: `(B, C, H, W)` maps of `out_features`.
+
+    The tower is Transformers' `Florence2VisionBackbone` at `vision_tower`; a map is exactly the hidden state that
+    tower records after the last block of its stage (`stem` is the first convolutional embedding). `from_pretrained`
+    reads a backbone folder, a generation folder with the DaViT tower, or a Transformers `florence2` folder
+    (`florence-community/Florence-2-*`): the tower's weights, nothing else."""
+
+    config: FlorenceDaViTConfig
+    config_class = FlorenceDaViTConfig
+    base_model_prefix = "model"
+    has_attentions = False
+    supports_gradient_checkpointing = True  # per DaViT block, in `forward`
+    # The rest of a generation folder, which the backbone leaves behind without a warning.
+    _keys_to_ignore_on_load_unexpected = [r"^(model\.)?(language_model|multi_modal_projector)\.", r"^lm_head\."]
+
+    def __init__(self, config: FlorenceDaViTConfig):
+        super().__init__(config)
+        self.vision_tower = Florence2VisionBackbone._from_config(config)
+        self.num_features = [config.embed_dim[0]] + list(config.embed_dim)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """Also from a generation (or Transformers `florence2`) folder: its `vision_config`, with the `out_features`
+        / `out_indices` asked for."""
+        backbone_kwargs = {key: kwargs.pop(key) for key in ("out_features", "out_indices") if key in kwargs}
+        if config is None:
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        if getattr(config, "vision_tower", "davit") != "davit":
+            raise ValueError(f"{pretrained_model_name_or_path} holds a {config.vision_tower} tower, not DaViT: load it "
+                             "with FlorenceVisionBackbone")
+        vision = getattr(config, "vision_config", config).to_dict()
+        if vision.get("model_type") == FlorenceDaViTConfig.model_type and not backbone_kwargs:
+            backbone_kwargs = {"out_features": vision.get("out_features")}  # a backbone folder keeps its stages
+        for key in ("model_type", "out_features", "out_indices", "stage_names"):
+            vision.pop(key, None)
+        # Rebuilt without isinstance checks: remote code loads the config class from another module object.
+        config = FlorenceDaViTConfig(**vision, **backbone_kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_tower.convs[0].conv
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
+                output_attentions: bool | None = None, return_dict: bool | None = None, **kwargs):
+        check_pixel_values(pixel_values)
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        tower = self.vision_tower
+        hidden_states = pixel_values.to(tower.convs[0].conv.weight.dtype)
+        maps = []
+        for index, (conv, blocks) in enumerate(zip(tower.convs, tower.blocks)):
+            hidden_states = conv(hidden_states)
+            if index == 0:
+                maps.append(hidden_states)
+            for block in blocks:
+                if self.gradient_checkpointing and self.training:
+                    hidden_states = self._gradient_checkpointing_func(block, hidden_states)
+                else:
+                    hidden_states = block(hidden_states)
+            maps.append(hidden_states)
+        by_name = dict(zip(self.stage_names, maps))
+        output = BackboneOutput(
+            feature_maps=tuple(by_name[name] for name in self.out_features),
+            hidden_states=tuple(m.flatten(2).transpose(1, 2) for m in maps) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
 __all__ = [
+    "FlorenceDaViTBackbone",
     "FlorenceForConditionalGeneration",
     "FlorenceGenerationModel",
     "FlorenceGenerationPreTrainedModel",

@@ -301,6 +301,11 @@ TESTERS["FlorenceForConditionalGeneration"] = ModelSpec(
     tiny_generation_config, lambda batch: generation_inputs(batch, 1 + 4 * 4), per_sample=("logits",),
     loss_inputs={"labels": torch.tensor([[5, 6, 7, 2], [8, 2, -100, -100]])}, sub_models_load_from_folder=False,
 )
+TESTERS["FlorenceDaViTBackbone"] = ModelSpec(
+    lambda: mf.FlorenceDaViTConfig(**GENERATION_DAVIT, out_features=["stem", "stage1", "stage2"]),
+    pixel_inputs, per_sample=("feature_maps",), num_hidden_states={"": 1 + len(GENERATION_DAVIT["depths"])},
+    sub_models_load_from_folder=False,
+)
 TESTERS["FlorenceGenerationModel"] = ModelSpec(
     lambda: tiny_generation_config("coswin"), lambda batch: generation_inputs(batch, 1 + 4 * 4 + 2 * 2),
     per_sample=("last_hidden_state", "encoder_last_hidden_state"), sub_models_load_from_folder=False,

@@ -39,6 +39,7 @@ EXPECTED_DEFAULTS = {  # the README / module docstring table
     # Florence-2: DaViT + BART attention and MLPs (tiny tester: DaViT tower); the CoSwin base model adds `projection`.
     "FlorenceForConditionalGeneration": (set(DEFAULT_TARGET_NAMES) - {"projection"}, set()),
     "FlorenceGenerationModel": (set(DEFAULT_TARGET_NAMES), set()),
+    "FlorenceDaViTBackbone": ({"qkv", "proj", "fc1", "fc2"}, set()),
 }
 
 

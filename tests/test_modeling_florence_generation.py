@@ -216,3 +216,34 @@ def test_model_on_the_shipped_tokenizer_generates_parses_and_serves_the_pipeline
     assert type(served.model) is FlorenceForConditionalGeneration
     (result,) = served(images=image, text="<OD>", max_new_tokens=4)
     assert result["input_text"] == "<OD>" and isinstance(result["generated_text"], str)
+
+
+def test_davit_backbone_maps_equal_transformers_hidden_states(transformers_folder, tmp_path):
+    """`FlorenceDaViTBackbone` from a Transformers florence2 folder, from our generation folder (through
+    `AutoBackbone`) and from its own folder: per-stage maps equal to `Florence2VisionBackbone`'s hidden states."""
+    from transformers import AutoBackbone
+
+    theirs, folder = transformers_folder
+    pixels = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        states = theirs.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+    # Transformers records the first embedding, then every block: stem, stage 1's last block, stage 2's last block
+    expected = [states[0], states[DAVIT["depths"][0]], states[-1]]
+    backbone = mf.FlorenceDaViTBackbone.from_pretrained(folder, out_features=["stem", "stage1", "stage2"]).eval()
+    FlorenceForConditionalGeneration.from_pretrained(folder).save_pretrained(tmp_path / "ours")
+    backbone.save_pretrained(tmp_path / "backbone")
+    loaded = [backbone, AutoBackbone.from_pretrained(tmp_path / "ours", out_indices=[0, 1, 2]).eval(),
+              AutoBackbone.from_pretrained(tmp_path / "backbone").eval()]
+    for model in loaded:
+        assert type(model) is mf.FlorenceDaViTBackbone and model.channels == [16, 16, 32]
+        with torch.no_grad():
+            maps = model(pixels).feature_maps
+        for actual, reference in zip(maps, expected, strict=True):
+            torch.testing.assert_close(actual, reference, atol=1e-5, rtol=0)
+    last = AutoBackbone.from_pretrained(tmp_path / "ours")
+    assert last.out_features == ["stage2"]
+    FlorenceForConditionalGeneration(coswin_config()).save_pretrained(tmp_path / "coswin")
+    with pytest.raises(ValueError, match="not DaViT"):
+        mf.FlorenceDaViTBackbone.from_pretrained(tmp_path / "coswin")
+    with pytest.raises(ValueError, match="no pixels"):
+        backbone(torch.zeros(1, 3, 0, 8))
