@@ -11,7 +11,8 @@ of image features into the `<image>` placeholders, the loss and `generate()` are
   - `coswin`: our CoSwin (`FlorenceVisionModel`), built with `from_florence(folder_or_model)` from a two-tower
     Florence, CoSwin or backbone folder; `vision_feature_stages` adds earlier stages' tokens (LayerNorm + Linear to
     the last width each, then the projector's 2-D position table);
-- clear errors for images without pixels and for an unbounded `max_new_tokens`.
+- clear errors for images without pixels and for an unbounded `max_new_tokens`;
+- `FlorenceDaViTBackbone`: the DaViT of a Florence-2 folder as an `AutoBackbone` for the other adapters.
 """
 
 from pathlib import Path
