@@ -160,7 +160,7 @@ class FlorenceGenerationPreTrainedModel(Florence2PreTrainedModel):
     def from_florence(cls, florence_model_or_folder, text_config=None, **config_kwargs):
         """This model on the CoSwin tower of a pretrained Florence (a two-tower `FlorenceModel`, a CoSwin model or
         backbone, or a folder of any of them): the tower is copied exactly, the projector and the language model
-        start from their init. `text_config` (dict or config) sizes the language model (BART-base by default);
+        start from their init. `text_config` (dict or config) sizes the language model (default: `BartConfig()`'s);
         `config_kwargs` set `image_token_id`, `vision_feature_stages`, `max_position_embeddings`, ..."""
         tower = load_coswin(florence_model_or_folder)
         config = FlorenceGenerationConfig(
