@@ -43,6 +43,7 @@ MODEL_AUTO_CLASSES = (
     "AutoModelForVisualQuestionAnswering",
     "AutoModelForVideoClassification",
     "AutoModelForPreTraining",
+    "AutoModelForImageTextToText",
 )
 PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja")
@@ -81,7 +82,7 @@ def saved_processor_class(model_dir: Path) -> type:
     path = model_dir / "processor_config.json"
     name = json.loads(path.read_text()).get("processor_class", "") if path.is_file() else ""
     candidate = getattr(modeling_florence, name, None)
-    return candidate if isinstance(candidate, type) and issubclass(candidate, FlorenceProcessor) else FlorenceProcessor
+    return candidate if isinstance(candidate, type) and issubclass(candidate, ProcessorMixin) else FlorenceProcessor
 
 
 def processing_parts(model_dir: Path, model_class: type, config) -> list:
@@ -113,7 +114,13 @@ def processing_classes(part) -> list[type]:
     if not isinstance(part, ProcessorMixin):
         return [type(part)]
     components = (getattr(part, name, None) for name in ("image_processor", "video_processor", "tokenizer"))
-    return [type(part)] + [type(component) for component in components if component is not None]
+    # Transformers' own components (Florence-2's CLIPImageProcessor) load by name: no module file to ship.
+    return [type(part)] + [type(component) for component in components
+                           if component is not None and is_ours(type(component))]
+
+
+def is_ours(cls: type) -> bool:
+    return cls.__module__.split(".", 1)[0] == "modeling_florence"
 
 
 def image_processor_auto_map(image_processor) -> dict:
@@ -125,7 +132,7 @@ def write_auto_maps(output: Path, part) -> None:
     if isinstance(part, ProcessorMixin):
         def update(content: dict) -> None:
             content["auto_map"] = {"AutoProcessor": reference(type(part))}
-            if isinstance(content.get("image_processor"), dict):
+            if isinstance(content.get("image_processor"), dict) and is_ours(type(part.image_processor)):
                 content["image_processor"]["auto_map"] = image_processor_auto_map(part.image_processor)
             if isinstance(content.get("video_processor"), dict):
                 content["video_processor"]["auto_map"] = {"AutoVideoProcessor": reference(type(part.video_processor))}

@@ -101,6 +101,22 @@ from .processing_florence_vqa import (
     post_process_vqa,
 )
 
+from .configuration_florence_generation import FlorenceDaViTConfig, FlorenceGenerationConfig
+from .modeling_florence_generation import (
+    FlorenceDaViTBackbone,
+    FlorenceForConditionalGeneration,
+    FlorenceGenerationModel,
+    FlorenceGenerationPreTrainedModel,
+)
+from .processing_florence_generation import (
+    FlorenceGenerationProcessor,
+    FlorenceGenerationTokenizer,
+    count_partial_objects,
+    dequantize,
+    location_text,
+    quantize,
+)
+
 __version__ = "0.1.0"
 
 
@@ -166,6 +182,26 @@ def _register_auto_classes() -> None:
     AutoProcessor.register(FlorenceVQAConfig, FlorenceVQAProcessor, exist_ok=True)
     AutoTokenizer.register(FlorenceVQAConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
     MODEL_MAPPING_NAMES.setdefault(FlorenceVQAConfig.model_type, FlorenceFusionModel.__name__)
+
+    # Florence-2 generation (DaViT or CoSwin tower on Transformers' Florence-2 classes).
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    AutoConfig.register(FlorenceGenerationConfig.model_type, FlorenceGenerationConfig, exist_ok=True)
+    # Its DaViT as a backbone (from a backbone, DaViT generation or Transformers florence2 folder).
+    AutoConfig.register(FlorenceDaViTConfig.model_type, FlorenceDaViTConfig, exist_ok=True)
+    AutoModel.register(FlorenceDaViTConfig, FlorenceDaViTBackbone, exist_ok=True)
+    AutoBackbone.register(FlorenceDaViTConfig, FlorenceDaViTBackbone, exist_ok=True)
+    AutoBackbone._model_mapping.register(FlorenceGenerationConfig, FlorenceDaViTBackbone, exist_ok=True)
+    MODEL_FOR_BACKBONE_MAPPING_NAMES.setdefault(FlorenceDaViTConfig.model_type, FlorenceDaViTBackbone.__name__)
+    AutoModel.register(FlorenceGenerationConfig, FlorenceGenerationModel, exist_ok=True)
+    AutoModelForImageTextToText.register(FlorenceGenerationConfig, FlorenceForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(FlorenceGenerationConfig, FlorenceGenerationProcessor, exist_ok=True)
+    AutoTokenizer.register(FlorenceGenerationConfig, fast_tokenizer_class=FlorenceGenerationTokenizer, exist_ok=True)
+    MODEL_MAPPING_NAMES.setdefault(FlorenceGenerationConfig.model_type, FlorenceGenerationModel.__name__)
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.setdefault(
+        FlorenceGenerationConfig.model_type, FlorenceForConditionalGeneration.__name__
+    )
 
 
 def _list_pipeline_models() -> None:

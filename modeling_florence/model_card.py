@@ -28,6 +28,9 @@ PIPELINE_TAGS = {
     "FlorenceFusionModel": "feature-extraction",
     "FlorenceForVisionLanguagePretraining": "feature-extraction",
     "FlorenceForVideoClassification": "video-classification",
+    "FlorenceForConditionalGeneration": "image-text-to-text",
+    "FlorenceGenerationModel": "feature-extraction",
+    "FlorenceDaViTBackbone": "image-feature-extraction",
 }
 DEFAULT_DATASET = "florence-shapes"
 CITATION = """@article{yuan2021florence,

@@ -49,6 +49,9 @@ PROCESSING = {
     "FlorenceForVideoClassification": {"AutoVideoProcessor": "FlorenceVideoProcessor"},
     "FlorenceForVQA": {"AutoProcessor": "FlorenceVQAProcessor", "AutoImageProcessor": "FlorenceImageProcessor",
                        "AutoTokenizer": "FlorenceTokenizer"},
+    **dict.fromkeys(("FlorenceForConditionalGeneration", "FlorenceGenerationModel"), {
+        "AutoProcessor": "FlorenceGenerationProcessor", "AutoImageProcessor": "CLIPImageProcessor",
+        "AutoTokenizer": "FlorenceGenerationTokenizer"}),
 }
 DEFAULT_PROCESSING = {"AutoProcessor": "FlorenceProcessor", "AutoImageProcessor": "FlorenceImageProcessor",
                       "AutoTokenizer": "FlorenceTokenizer"}
@@ -118,6 +121,9 @@ def save_with_processor(model, folder: Path) -> None:
     elif isinstance(model, mf.FlorenceForVQA):
         processor = mf.FlorenceVQAProcessor.from_defaults(image_size=IMAGE_SIZE, answer_vocabulary=VQA_ANSWERS)
         processor.save_pretrained(folder)
+    elif isinstance(model, (mf.FlorenceForConditionalGeneration, mf.FlorenceGenerationModel)):
+        tokens = model.num_image_tokens(IMAGE_SIZE, IMAGE_SIZE)
+        mf.FlorenceGenerationProcessor.from_defaults(image_size=IMAGE_SIZE, image_seq_length=tokens).save_pretrained(folder)
     else:
         FlorenceProcessor.from_defaults(image_size=IMAGE_SIZE, num_frames=4).save_pretrained(folder)
 

@@ -36,6 +36,10 @@ EXPECTED_DEFAULTS = {  # the README / module docstring table
     "FlorenceForVQA": (set(DEFAULT_TARGET_NAMES), {"vqa_head"}),
     "FlorenceForVisionLanguagePretraining": (set(DEFAULT_TARGET_NAMES), {"itm_head", "mlm_head"}),
     "FlorenceForObjectDetection": ({"qkv", "proj", "fc1", "fc2", "projection"}, {"hidden_states_norms", "fpn", "dyhead", "head"}),  # closed-set tiny detector
+    # Florence-2: DaViT + BART attention and MLPs (tiny tester: DaViT tower); the CoSwin base model adds `projection`.
+    "FlorenceForConditionalGeneration": (set(DEFAULT_TARGET_NAMES) - {"projection"}, set()),
+    "FlorenceGenerationModel": (set(DEFAULT_TARGET_NAMES), set()),
+    "FlorenceDaViTBackbone": ({"qkv", "proj", "fc1", "fc2"}, set()),
 }
 
 
