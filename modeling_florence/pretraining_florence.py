@@ -505,10 +505,32 @@ def _progress(accelerator, total: int, initial: int):
                 mininterval=2.0)
 
 
+def add_dry_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="build the model (meta device), the FSDP2 plan and one batch; print parameters, memory "
+                             "per process and tokens per step; train nothing (--output is then not needed)")
+    parser.add_argument("--model", default=None, help="with --dry-run: a preset overriding the recipe's model")
+    parser.add_argument("--num_processes", type=int, default=None, help="with --dry-run: processes (default "
+                                                                          "WORLD_SIZE or 1)")
+
+
+def run_dry_run(args) -> dict:
+    from .configuration_florence import load_preset
+    from .sharding_florence import dry_run, print_dry_run
+
+    recipe = Recipe.from_file(args.recipe, batch_size=args.batch_size,
+                              gradient_checkpointing=args.gradient_checkpointing)
+    config = recipe.model_config() if args.model is None else load_preset(args.model)
+    processes = args.num_processes or int(os.environ.get("WORLD_SIZE", 1))
+    figures = dry_run(config, recipe.batch_size, processes, bool(recipe.gradient_checkpointing))
+    print_dry_run(figures)
+    return figures
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipe-unicl-tiny.json", help="recipe JSON (a path or a shipped name)")
-    parser.add_argument("--output", required=True, help="folder for checkpoints, logs, plots and the final model")
+    parser.add_argument("--output", help="folder for checkpoints, logs, plots and the final model (required to train)")
     parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
     parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION)
     parser.add_argument("--gradient_checkpointing", action="store_true", default=None)
@@ -516,7 +538,12 @@ def main(argv=None):
     parser.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (overrides the recipe)")
     parser.add_argument("--stop_after_step", type=int, default=None, help="stop early (to test resuming)")
     parser.add_argument("--log_with", default="tensorboard", help="tensorboard, csv-only (none) or another tracker")
+    add_dry_run_arguments(parser)
     args = parser.parse_args(argv)
+    if args.dry_run:
+        return run_dry_run(args)
+    if not args.output:
+        parser.error("--output is required (except with --dry-run)")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
     recipe = Recipe.from_file(
         args.recipe, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,

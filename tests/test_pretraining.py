@@ -235,3 +235,18 @@ def test_bf16_falls_back_to_fp32_on_a_cpu_without_bf16(monkeypatch):
     monkeypatch.setattr(pretraining_florence, "bf16_on_this_cpu", lambda: True)
     assert pretraining_florence.resolve_mixed_precision("bf16") == (
         "bf16", "Mixed precision: bf16 (this CPU computes bf16 natively)")
+
+
+def test_dry_run_prints_parameters_memory_and_tokens(capsys):
+    from modeling_florence import load_preset
+    from modeling_florence.pretraining_florence import main
+
+    figures = main(["--dry-run", "--model", "florence-tiny", "--batch_size", "8",
+                                         "--num_processes", "2"])
+    assert figures["parameters"] == sum(p.numel() for p in FlorenceModel(load_preset("florence-tiny")).parameters())
+    assert figures["local_batch"] == 4 and figures["fsdp_units"] == 1 + 5 + 2  # 5 vision + 2 text layers, root
+    assert figures["tokens_per_step"] == 8 * ((64 // 4) ** 2 + 77)
+    assert 0 < figures["activations_gib"] < figures["memory_per_process_gib"]
+    assert '"memory_per_process_gib"' in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not divisible by num_processes"):
+        main(["--dry-run", "--model", "florence-tiny", "--batch_size", "9", "--num_processes", "2"])
