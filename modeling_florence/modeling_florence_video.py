@@ -50,8 +50,7 @@ from .modeling_coswin import (
     window_partition,
     window_reverse,
 )
-from .loss_florence import global_batch_unicl_loss
-from .modeling_florence import FlorenceTextModel, encode_pairs
+from .modeling_florence import FlorenceTwoTowerMixin, nested_to_tuple
 
 Size3 = tuple[int, int, int]
 
@@ -95,10 +94,7 @@ class FlorenceVideoOutput(ModelOutput):
     vision_model_output: FlorenceVideoVisionModelOutput | None = None
 
     def to_tuple(self) -> tuple[Any]:
-        return tuple(
-            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
-            for k in self.keys()
-        )
+        return nested_to_tuple(self)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -484,35 +480,32 @@ class FlorenceVideoPreTrainedModel(PreTrainedModel):
         the projections, Swin's for the classification head, the configured temperature.
 
         Heads are matched at their own module (Transformers skips a custom-code module without direct parameters)."""
-        factor = self.config.initializer_factor or 1.0
         if module is getattr(self, "classifier", None):
             init.trunc_normal_(module.weight, std=self.config.vision_config.initializer_range)
             init.zeros_(module.bias)
-        elif module is getattr(self, "visual_projection", None) or module is getattr(self, "text_projection", None):
-            init.normal_(module.weight, std=module.in_features**-0.5 * factor)
+        elif isinstance(module, nn.Linear) and hasattr(module, "init_std"):  # the projections, as FlorenceModel's
+            init.normal_(module.weight, std=module.init_std)
         elif isinstance(module, FlorenceVideoModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
-class FlorenceVideoModel(FlorenceVideoPreTrainedModel):
+class FlorenceVideoModel(FlorenceTwoTowerMixin, FlorenceVideoPreTrainedModel):
     """Florence for video: Video CoSwin + text tower, bias-free projections, learnable temperature, UniCL loss.
 
     `logits_per_video[i, j]` scores video `i` against text `j`: zero-shot action recognition takes the class prompts
     as texts, text-video retrieval ranks them."""
 
+    vision_tower_class = FlorenceVideoVisionModel
+    output_class = FlorenceVideoOutput
+    logits_name = "logits_per_video"
+    embeds_name = "video_embeds"
+    items = "clips"
+    pair_name = "video"
+
     def __init__(self, config: FlorenceVideoConfig):
         super().__init__(config)
-        self.vision_embed_dim = config.vision_config.hidden_size
-        self.text_embed_dim = config.text_config.hidden_size
-        self.vision_model = FlorenceVideoVisionModel._from_config(config.vision_config)
-        self.text_model = FlorenceTextModel._from_config(config.text_config)
-        self.visual_projection = nn.Linear(self.vision_embed_dim, config.projection_dim, bias=False)
-        self.text_projection = nn.Linear(self.text_embed_dim, config.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.build_towers(config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.get_input_embeddings()
 
     @classmethod
     def from_image_model(cls, image_model_or_folder, num_frames: int | None = None, **video_kwargs):
@@ -540,30 +533,15 @@ class FlorenceVideoModel(FlorenceVideoPreTrainedModel):
         return model.to(next(two_tower.parameters()).dtype)
 
     @can_return_tuple
-    def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling | tuple:
-        """The text tower's output whose `pooler_output` is the projected (not normalised) text feature, as
-        `FlorenceModel.get_text_features` (Transformers 5)."""
-        text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
-        text_outputs.pooler_output = self.text_projection(text_outputs.pooler_output)
-        return text_outputs
-
-    @can_return_tuple
     def get_video_features(self, pixel_values: torch.Tensor, num_views=None, **kwargs):
         """The video tower's output whose `pooler_output` is the projected video feature `(B, projection_dim)`; with
         `num_views` (clips x crops of one video, as FlorenceVideoProcessor returns them) it is the average of the
         views' L2-normalised features, one row per video."""
-        vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        features = self.visual_projection(vision_outputs.pooler_output)
+        vision_outputs = self.projected_vision_outputs(pixel_values, **kwargs)
         if num_views is not None:
-            features = average_views(F.normalize(features, dim=-1), num_views).mean(dim=1)
-        vision_outputs.pooler_output = features
+            features = F.normalize(vision_outputs.pooler_output, dim=-1)
+            vision_outputs.pooler_output = average_views(features, num_views).mean(dim=1)
         return vision_outputs
-
-    def temperature(self) -> torch.Tensor:
-        """exp(logit_scale), clamped at 100 as in CLIP."""
-        return self.logit_scale.clamp(max=math.log(100.0)).exp()
 
     def forward(
         self,
@@ -584,42 +562,13 @@ class FlorenceVideoModel(FlorenceVideoPreTrainedModel):
         labels: `(B,)` int64 UniCL labels (equal labels = positives); giving them implies `return_loss`.
         return_loss: whether to compute the UniCL loss over the video-text pairs.
         """
-        output_hidden_states, output_attentions, return_dict = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions, return_dict
-        )
         pixel_values = pixel_values if pixel_values is not None else pixel_values_videos
-        if input_ids is None or pixel_values is None:
-            raise ValueError("FlorenceVideoModel.forward needs both input_ids and pixel_values (video clips)")
         kwargs.pop("token_type_ids", None)
         kwargs.pop("num_views", None)
-        return_loss = return_loss if return_loss is not None else labels is not None
-        if return_loss and input_ids.shape[0] != pixel_values.shape[0]:
-            raise ValueError(
-                f"The UniCL loss needs video-text pairs, got {pixel_values.shape[0]} clips and {input_ids.shape[0]} texts"
-            )
-        if return_loss and labels is not None and labels.shape != (input_ids.shape[0],):
-            raise ValueError(f"labels must have shape ({input_ids.shape[0]},), got {tuple(labels.shape)}")
-
-        vision_outputs, text_outputs, video_embeds, text_embeds = encode_pairs(
-            self, pixel_values, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions
+        return self.score_pairs(
+            input_ids, pixel_values, labels, return_loss, attention_mask, position_ids, output_hidden_states,
+            output_attentions, return_dict,
         )
-        scale = self.temperature()
-        logits_per_video = scale * video_embeds @ text_embeds.t()
-        logits_per_text = logits_per_video.t()
-
-        # The training loss is the only collective (see loss_florence): inference never communicates.
-        loss = global_batch_unicl_loss(video_embeds, text_embeds, scale, labels) if return_loss else None
-
-        output = FlorenceVideoOutput(
-            loss=loss,
-            logits_per_video=logits_per_video,
-            logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
-            video_embeds=video_embeds,
-            text_model_output=text_outputs,
-            vision_model_output=vision_outputs,
-        )
-        return output if return_dict else output.to_tuple()
 
 
 class FlorenceForVideoClassification(FlorenceVideoPreTrainedModel):
