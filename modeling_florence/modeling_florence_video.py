@@ -10,7 +10,8 @@
   and text-video retrieval, trained with the UniCL loss like [`FlorenceModel`].
 - [`FlorenceForVideoClassification`]: Video CoSwin + a linear head on the pooled feature.
 
-All three build from a pretrained image model in one call with `from_image_model` (inflation: 2-D kernels spread
+All three build from a pretrained Florence image model in one call with `from_florence` (`from_image_model` is its
+deprecated alias for one release) (inflation: 2-D kernels spread
 over time as `W / k_t`, the relative-position bias copied along the temporal offsets).
 
 Clips are `(batch, frames, channels, height, width)` (the `pixel_values_videos` layout of Transformers' video
@@ -20,6 +21,7 @@ stage whose map is no larger than the window along an axis uses a window of the 
 """
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,6 +324,19 @@ def inflate_vision_weights(image_tower: nn.Module, video_tower: "FlorenceVideoVi
     video_tower.load_state_dict(inflated, strict=False)
 
 
+def deprecated_alias(new_name: str, old_name: str) -> classmethod:
+    """A classmethod `old_name` that warns (`FutureWarning`) and calls the classmethod `new_name`."""
+
+    def alias(cls, *args, **kwargs):
+        warnings.warn(f"{cls.__name__}.{old_name} is deprecated and will be removed in the next release: use "
+                      f"{cls.__name__}.{new_name}", FutureWarning, stacklevel=2)
+        return getattr(cls, new_name)(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old_name
+    alias.__doc__ = f"Deprecated alias of `{new_name}` (removed in the next release)."
+    return classmethod(alias)
+
+
 def load_image_model(image_model_or_folder, **kwargs) -> nn.Module:
     """A loaded `FlorenceModel` / `FlorenceVisionModel`, or the model saved in a folder (either kind)."""
     if not isinstance(image_model_or_folder, (str, Path)):
@@ -406,8 +421,10 @@ class FlorenceVideoVisionModel(FlorenceVideoVisionPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.projection
 
+    from_image_model = deprecated_alias("from_florence", "from_image_model")
+
     @classmethod
-    def from_image_model(cls, image_model_or_folder, num_frames: int | None = None, **video_kwargs):
+    def from_florence(cls, image_model_or_folder, num_frames: int | None = None, **video_kwargs):
         """Inflate the image tower of a `FlorenceModel` / `FlorenceVisionModel` (object or saved folder).
 
         `num_frames`, `patch_size` (temporal), `window_size`, `window_sizes` and other vision fields as in
@@ -507,15 +524,17 @@ class FlorenceVideoModel(FlorenceTwoTowerMixin, FlorenceVideoPreTrainedModel):
         self.build_towers(config)
         self.post_init()
 
+    from_image_model = deprecated_alias("from_florence", "from_image_model")
+
     @classmethod
-    def from_image_model(cls, image_model_or_folder, num_frames: int | None = None, **video_kwargs):
+    def from_florence(cls, image_model_or_folder, num_frames: int | None = None, **video_kwargs):
         """Inflate a pretrained `FlorenceModel` (object or folder): the image tower becomes Video CoSwin, the text
         tower, both projections and the temperature are copied. Keyword arguments as in
         :func:`video_vision_config_from_image`."""
         image_tower, two_tower = _image_towers(load_image_model(image_model_or_folder))
         if two_tower is None:
-            raise ValueError("FlorenceVideoModel.from_image_model needs a two-tower FlorenceModel (it copies the text "
-                             "tower); inflate a FlorenceVisionModel with FlorenceVideoVisionModel.from_image_model")
+            raise ValueError("FlorenceVideoModel.from_florence needs a two-tower FlorenceModel (it copies the text "
+                             "tower); inflate a FlorenceVisionModel with FlorenceVideoVisionModel.from_florence")
         image_config = two_tower.config
         config = FlorenceVideoConfig(
             vision_config=video_vision_config_from_image(image_tower.config, num_frames=num_frames, **video_kwargs),
@@ -592,8 +611,10 @@ class FlorenceForVideoClassification(FlorenceVideoPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.vision_model.get_input_embeddings()
 
+    from_image_model = deprecated_alias("from_florence", "from_image_model")
+
     @classmethod
-    def from_image_model(cls, image_model_or_folder, num_frames: int | None = None, num_labels: int | None = None,
+    def from_florence(cls, image_model_or_folder, num_frames: int | None = None, num_labels: int | None = None,
                          id2label: dict | None = None, label2id: dict | None = None, **video_kwargs):
         """Inflate the image tower of a `FlorenceModel` / `FlorenceVisionModel` (object or folder) and add a fresh
         head over `num_labels` classes (or the classes of `id2label`)."""
@@ -625,13 +646,15 @@ class FlorenceForVideoClassification(FlorenceVideoPreTrainedModel):
     ) -> ImageClassifierOutput | tuple:
         r"""
         pixel_values: `(B * views, T, C, H, W)` clips (or `pixel_values_videos`).
-        labels: `(B,)` class ids; the loss is cross-entropy.
+        labels: `(B,)` class ids; the loss is `self.loss_function` (cross-entropy), as in the image classifier.
         num_views: views per video (default 1); their probabilities are averaged.
         """
         output_hidden_states, output_attentions, return_dict = resolve_output_flags(
             self.config, output_hidden_states, output_attentions, return_dict
         )
         pixel_values = pixel_values if pixel_values is not None else pixel_values_videos
+        # Trainer's `num_items_in_batch` (gradient accumulation) is a loss argument, as in the image classifier.
+        loss_kwargs = {"num_items_in_batch": kwargs.pop("num_items_in_batch")} if "num_items_in_batch" in kwargs else {}
         outputs = self.vision_model(
             pixel_values=pixel_values,
             output_hidden_states=output_hidden_states,
@@ -649,7 +672,8 @@ class FlorenceForVideoClassification(FlorenceVideoPreTrainedModel):
             if labels.shape != (logits.shape[0],):
                 raise ValueError(f"labels must have shape ({logits.shape[0]},) (one class id per video), got "
                                  f"{tuple(labels.shape)}")
-            loss = F.cross_entropy(logits.float(), labels)
+            # Transformers' classification loss (cross-entropy for int labels), as FlorenceForImageClassification.
+            loss = self.loss_function(labels, logits, self.config, **loss_kwargs)
 
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions

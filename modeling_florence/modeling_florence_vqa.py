@@ -257,7 +257,7 @@ class FlorenceFusionEncoder(nn.Module):
         stage_dims = config.vision_config.stage_dims
         self.image_stage_transforms = nn.ModuleDict({
             f"stage{stage}": FlorenceFusionStageProjection(stage_dims[stage - 1], config)
-            for stage in config.image_feature_stages[:-1]
+            for stage in config.vision_feature_stages[:-1]
         })
         self.token_type_embeddings = nn.Embedding(2, config.hidden_size)
         self.text_layers = nn.ModuleList(FlorenceFusionLayer(config) for _ in range(config.num_fusion_layers))
@@ -270,10 +270,10 @@ class FlorenceFusionEncoder(nn.Module):
 
     def project_image(self, stage_tokens, grids=None) -> torch.Tensor:
         """The image tokens at the fusion width `(B, L, H)`, before the token type: each stage of
-        `config.image_feature_stages` projected (`stage_tokens`: their `(B, L_i, C_i)` tokens, the last being the
+        `config.vision_feature_stages` projected (`stage_tokens`: their `(B, L_i, C_i)` tokens, the last being the
         tower's `last_hidden_state`), concatenated, plus the 2D position embeddings of their `(H_i, W_i)` `grids`
         when `image_position_embeddings`."""
-        stages = self.config.image_feature_stages
+        stages = self.config.vision_feature_stages
         projections = [self.image_stage_transforms[f"stage{stage}"] for stage in stages[:-1]] + [self.image_transform]
         projected = [projection(tokens) for projection, tokens in zip(projections, stage_tokens)]
         if self.config.image_position_embeddings:
@@ -388,9 +388,9 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
         return self.text_model.get_input_embeddings()
 
     def stage_tokens(self, vision_outputs) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-        """The `(B, L_i, C_i)` tokens and `(H_i, W_i)` grids of `config.image_feature_stages` from an image tower
+        """The `(B, L_i, C_i)` tokens and `(H_i, W_i)` grids of `config.vision_feature_stages` from an image tower
         output: earlier stages from its `feature_maps`, the last stage is its `last_hidden_state` (final LayerNorm)."""
-        stages = self.config.image_feature_stages
+        stages = self.config.vision_feature_stages
         maps = [vision_outputs.feature_maps[stage - 1] for stage in stages]
         tokens = [feature_map.flatten(2).transpose(1, 2) for feature_map in maps[:-1]]
         return tokens + [vision_outputs.last_hidden_state], [tuple(feature_map.shape[-2:]) for feature_map in maps]
@@ -409,7 +409,7 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
         """Validate precomputed image features (see `get_image_hidden_states`): one `(B, L_i, C_i)` tokens or
         `(B, H_i, W_i, C_i)` map per stage. Returns the stage tokens (in the fusion's dtype) and their grids (a
         map's own; tokens are taken as a square grid, which position embeddings require then)."""
-        stages = self.config.image_feature_stages
+        stages = self.config.vision_feature_stages
         if isinstance(image_hidden_states, torch.Tensor):
             image_hidden_states = [image_hidden_states]
         hidden_states = list(image_hidden_states)
