@@ -508,15 +508,21 @@ def build_stages(config, stage_class: type[FlorenceStageBase]) -> nn.ModuleList:
     )
 
 
-class FlorenceWindowPreTrainedModel(PreTrainedModel):
-    """What CoSwin and Video CoSwin share as `PreTrainedModel`s: Swin's init and the encoder loop over `self.stages`
-    (then `self.layernorm` and average pooling)."""
+class FlorencePreTrainedBase(PreTrainedModel):
+    """What every Florence `PreTrainedModel` declares, in one place: gradient checkpointing, and attention through
+    Transformers' kernels (eager, `sdpa`, the attention-backend registry; no flash / flex attention)."""
 
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = True
+
+
+class FlorenceWindowPreTrainedModel(FlorencePreTrainedBase):
+    """What CoSwin and Video CoSwin share as `PreTrainedModel`s: Swin's init and the encoder loop over `self.stages`
+    (then `self.layernorm` and average pooling)."""
+
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -23,6 +22,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 from .configuration_florence import FlorenceConfig, FlorenceTextConfig
 from .loss_florence import global_batch_unicl_loss, unicl_loss
 from .modeling_coswin import (
+    FlorencePreTrainedBase,
     FlorenceVisionModel,
     FlorenceVisionModelOutput,
     attention_function,
@@ -169,16 +169,11 @@ class FlorenceTextEncoder(nn.Module):
         return hidden_states, all_hidden_states, all_attentions
 
 
-class FlorencePreTrainedModel(PreTrainedModel):
+class FlorencePreTrainedModel(FlorencePreTrainedBase):
     config_class = FlorenceConfig
     base_model_prefix = "florence"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
     _no_split_modules = ["FlorenceTextEmbeddings", "FlorenceTextLayer", "FlorenceVisionLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = True
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
@@ -327,23 +322,11 @@ class FlorenceTextModel(FlorencePreTrainedModel):
 # Two-tower model
 # ----------------------------------------------------------------------------------------------------------------------
 def encode_pairs(model, pixel_values, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions):
-    """Both towers of a two-tower model (`vision_model`, `text_model`, `visual_projection`, `text_projection`): their
-    outputs and the L2-normalised projected features `(vision, text, vision_embeds, text_embeds)`. Shared by the image
-    and the video models."""
-    vision_outputs = model.vision_model(
-        pixel_values=pixel_values,
-        output_hidden_states=output_hidden_states,
-        output_attentions=output_attentions,
-        return_dict=True,
-    )
-    text_outputs = model.text_model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        output_hidden_states=output_hidden_states,
-        output_attentions=output_attentions,
-        return_dict=True,
-    )
+    """Both towers of a two-tower model ([`FlorenceTwoTowerMixin`]): their outputs and the L2-normalised projected
+    features `(vision, text, vision_embeds, text_embeds)`. Shared by the image and the video models."""
+    flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions, "return_dict": True}
+    vision_outputs = model.vision_model(pixel_values=pixel_values, **flags)
+    text_outputs = model.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **flags)
     vision_embeds = F.normalize(model.visual_projection(vision_outputs.pooler_output), dim=-1)
     text_embeds = F.normalize(model.text_projection(text_outputs.pooler_output), dim=-1)
     return vision_outputs, text_outputs, vision_embeds, text_embeds

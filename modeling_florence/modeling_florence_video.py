@@ -29,13 +29,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_florence_video import FlorenceVideoConfig, FlorenceVideoVisionConfig
 from .modeling_coswin import (
+    FlorencePreTrainedBase,
     WINDOW_BIAS_INDEX,
     FlorenceStageBase,
     FlorenceVisionModelOutput,
@@ -479,17 +479,12 @@ def average_views(values: torch.Tensor, num_views) -> torch.Tensor:
     return values.view(values.shape[0] // views, views, *values.shape[1:])
 
 
-class FlorenceVideoPreTrainedModel(PreTrainedModel):
+class FlorenceVideoPreTrainedModel(FlorencePreTrainedBase):
     config_class = FlorenceVideoConfig
     base_model_prefix = "florence_video"
     main_input_name = "pixel_values"
     input_modalities = ("video", "text")
-    supports_gradient_checkpointing = True
     _no_split_modules = ["FlorenceTextEmbeddings", "FlorenceTextLayer", "FlorenceVideoLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module):

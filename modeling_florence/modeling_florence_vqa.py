@@ -34,7 +34,12 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_florence_vqa import FlorenceVQAConfig
-from .modeling_coswin import FlorenceVisionModel, eager_attention_forward, resolve_output_flags
+from .modeling_coswin import (
+    FlorencePreTrainedBase,
+    FlorenceVisionModel,
+    eager_attention_forward,
+    resolve_output_flags,
+)
 from .modeling_florence import FlorenceModel, FlorenceTextModel
 
 # Temperature of the in-batch image-text similarities from which hard ITM negatives are drawn (ALBEF's 0.07).
@@ -348,7 +353,7 @@ def build_text_model(text_config) -> PreTrainedModel:
         return AutoModel.from_config(text_config)
 
 
-class FlorenceFusionPreTrainedModel(PreTrainedModel):
+class FlorenceFusionPreTrainedModel(FlorencePreTrainedBase):
     config_class = FlorenceVQAConfig
     # The other fusion models' heads, left behind without a warning when one loads another's folder.
     _keys_to_ignore_on_load_unexpected = [r"^vqa_head\.", r"^itm_head\.", r"^mlm_head\."]
@@ -357,12 +362,7 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
     base_model_prefix = "florence_fusion"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
     _no_split_modules = ["FlorenceFusionLayer", "FlorenceTextLayer", "FlorenceVisionLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module):
