@@ -63,38 +63,38 @@ class FlorenceTextEmbeddings(nn.Module):
         return self.token_embedding(input_ids) + self.position_embedding(position_ids)
 
 
-class FlorenceTextAttention(nn.Module):
-    """Multi-head self-attention with separate q/k/v projections (the names PEFT targets)."""
+class FlorenceAttention(nn.Module):
+    """Multi-head attention of `hidden_states` over a context (themselves, or another stream) with separate
+    `q_proj, k_proj, v_proj, out_proj` projections (the names PEFT targets), through the configured kernel
+    (`modeling_coswin.attention_function`). Shared by the text tower and the VQA fusion layers."""
 
-    def __init__(self, config: FlorenceTextConfig):
+    def __init__(self, config, dropout: float, is_causal: bool):
         super().__init__()
         self.config = config
         self.embed_dim = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
         self.scaling = self.head_dim**-0.5
-        self.dropout = config.attention_dropout
-        # Chosen at construction: causal (CLIP, the default) or bidirectional (a fusion model's text encoder).
-        self.is_causal = getattr(config, "causal_attention", True)
-        factor = config.initializer_factor or 1.0
-        in_std = self.embed_dim**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor
-        self.q_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
-        self.k_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
-        self.v_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
-        self.out_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), self.embed_dim**-0.5 * factor)
+        self.dropout = dropout
+        self.is_causal = is_causal
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
-    def forward(
+    def attend(
         self,
         hidden_states: torch.Tensor,
+        context: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         **kwargs,
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
-        shape = (batch, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        context_shape = (batch, context.shape[1], self.num_heads, self.head_dim)
+        key = self.k_proj(context).view(context_shape).transpose(1, 2)
+        value = self.v_proj(context).view(context_shape).transpose(1, 2)
         attention_interface = attention_function(self.config, output_attentions)
         if self.is_causal and attention_mask is None and attention_interface is eager_attention_forward:
             # Only fused kernels understand `is_causal`; the reference path needs the mask spelled out.
@@ -112,6 +112,28 @@ class FlorenceTextAttention(nn.Module):
             **kwargs,
         )
         return self.out_proj(attn_output.reshape(batch, length, self.embed_dim)), attn_weights
+
+
+class FlorenceTextAttention(FlorenceAttention):
+    """The text tower's self-attention: causal (CLIP, the default) or bidirectional (a fusion model's text encoder),
+    chosen at construction; CLIP's depth-scaled init recorded on each projection."""
+
+    def __init__(self, config: FlorenceTextConfig):
+        super().__init__(config, config.attention_dropout, is_causal=getattr(config, "causal_attention", True))
+        factor = config.initializer_factor or 1.0
+        in_std = self.embed_dim**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor
+        for projection in (self.q_proj, self.k_proj, self.v_proj):
+            init_std(projection, in_std)
+        init_std(self.out_proj, self.embed_dim**-0.5 * factor)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ):
+        return self.attend(hidden_states, hidden_states, attention_mask, output_attentions, **kwargs)
 
 
 class FlorenceTextMLP(nn.Module):

@@ -18,7 +18,6 @@ folder and every model here loads the fusion weights of the others' folders (hea
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,17 +29,15 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_florence_vqa import FlorenceVQAConfig
 from .modeling_coswin import (
     FlorencePreTrainedBase,
     FlorenceVisionModel,
-    eager_attention_forward,
     resolve_output_flags,
 )
-from .modeling_florence import FlorenceModel, FlorenceTextModel
+from .modeling_florence import FlorenceAttention, FlorenceModel, FlorenceTextModel
 
 # Temperature of the in-batch image-text similarities from which hard ITM negatives are drawn (ALBEF's 0.07).
 HARD_NEGATIVE_TEMPERATURE = 0.07
@@ -139,47 +136,17 @@ def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
-class FlorenceFusionAttention(nn.Module):
-    """Multi-head attention of one stream's queries over a context (the stream itself, or the other stream),
-    through `ALL_ATTENTION_FUNCTIONS`. Projections are named `q_proj, k_proj, v_proj, out_proj` (PEFT targets)."""
+class FlorenceFusionAttention(FlorenceAttention):
+    """Multi-head attention of one stream's queries over a context (the stream itself, or the other stream): the
+    text tower's attention module, bidirectional, with the fusion dropout."""
 
     def __init__(self, config: FlorenceVQAConfig):
-        super().__init__()
-        self.config = config
-        self.embed_dim = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = self.embed_dim // self.num_heads
-        self.scaling = self.head_dim**-0.5
-        self.dropout = config.attention_probs_dropout_prob
-        self.is_causal = False
-        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        super().__init__(config, config.attention_probs_dropout_prob, is_causal=False)
 
     def forward(
         self, hidden_states: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, length, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        context_shape = (batch, context.shape[1], self.num_heads, self.head_dim)
-        key = self.k_proj(context).view(context_shape).transpose(1, 2)
-        value = self.v_proj(context).view(context_shape).transpose(1, 2)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            context_mask,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-            is_causal=False,
-            **kwargs,
-        )
-        return self.out_proj(attn_output.reshape(batch, length, self.embed_dim)), attn_weights
+        return self.attend(hidden_states, context, context_mask, **kwargs)
 
 
 class FlorenceFusionLayer(GradientCheckpointingLayer):
