@@ -124,33 +124,31 @@ def _register_auto_classes() -> None:
     """Register every Florence model type with the Auto classes (configs, models, processors, tokenizers), so saved
     folders load through `Auto*.from_pretrained` and the pipelines; one section per model family."""
     image_processors = {"torchvision": FlorenceImageProcessor, "pil": FlorenceImageProcessorPil}
-    # Two-tower model and its towers.
-    for config_class in (FlorenceVisionConfig, FlorenceTextConfig, FlorenceConfig):
+    # Two-tower models (image and video) and their towers.
+    for config_class in (FlorenceVisionConfig, FlorenceTextConfig, FlorenceConfig, FlorenceVideoVisionConfig,
+                         FlorenceVideoConfig):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    AutoModel.register(FlorenceVisionConfig, FlorenceVisionModel, exist_ok=True)
-    AutoModel.register(FlorenceTextConfig, FlorenceTextModel, exist_ok=True)
-    AutoModel.register(FlorenceConfig, FlorenceModel, exist_ok=True)
-    AutoModelForZeroShotImageClassification.register(FlorenceConfig, FlorenceModel, exist_ok=True)
-    AutoBackbone.register(FlorenceVisionConfig, FlorenceVisionBackbone, exist_ok=True)
+    for auto_class, config_class, model_class in (
+        (AutoModel, FlorenceVisionConfig, FlorenceVisionModel),
+        (AutoModel, FlorenceTextConfig, FlorenceTextModel),
+        (AutoModel, FlorenceConfig, FlorenceModel),
+        (AutoModelForZeroShotImageClassification, FlorenceConfig, FlorenceModel),
+        (AutoBackbone, FlorenceVisionConfig, FlorenceVisionBackbone),
+        (AutoModel, FlorenceVideoVisionConfig, FlorenceVideoVisionModel),
+        (AutoModel, FlorenceVideoConfig, FlorenceVideoModel),
+        (AutoModelForVideoClassification, FlorenceVideoConfig, FlorenceForVideoClassification),
+    ):
+        auto_class.register(config_class, model_class, exist_ok=True)
     # A two-tower folder also gives a backbone (its image tower and `vision_config`, see
     # `FlorenceVisionBackbone.from_pretrained`); `register` insists on the backbone's own config class, so map it here.
     AutoBackbone._model_mapping.register(FlorenceConfig, FlorenceVisionBackbone, exist_ok=True)
     for config_class in (FlorenceConfig, FlorenceVisionConfig):
         AutoImageProcessor.register(config_class, image_processor_classes=image_processors, exist_ok=True)
-    AutoVideoProcessor.register(FlorenceConfig, FlorenceVideoProcessor, exist_ok=True)
-    AutoProcessor.register(FlorenceConfig, FlorenceProcessor, exist_ok=True)
-    for config_class in (FlorenceConfig, FlorenceTextConfig):
+    for config_class in (FlorenceConfig, FlorenceVideoConfig):
+        AutoVideoProcessor.register(config_class, FlorenceVideoProcessor, exist_ok=True)
+        AutoProcessor.register(config_class, FlorenceProcessor, exist_ok=True)
+    for config_class in (FlorenceConfig, FlorenceTextConfig, FlorenceVideoConfig):
         AutoTokenizer.register(config_class, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
-
-    # Video CoSwin, inflated from the image model.
-    for config_class in (FlorenceVideoVisionConfig, FlorenceVideoConfig):
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    AutoModel.register(FlorenceVideoVisionConfig, FlorenceVideoVisionModel, exist_ok=True)
-    AutoModel.register(FlorenceVideoConfig, FlorenceVideoModel, exist_ok=True)
-    AutoModelForVideoClassification.register(FlorenceVideoConfig, FlorenceForVideoClassification, exist_ok=True)
-    AutoVideoProcessor.register(FlorenceVideoConfig, FlorenceVideoProcessor, exist_ok=True)
-    AutoProcessor.register(FlorenceVideoConfig, FlorenceProcessor, exist_ok=True)
-    AutoTokenizer.register(FlorenceVideoConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
     # Name the towers and the backbone where Transformers lists its own base models (`AutoModel.register` does not),
     # so generic code (Trainer checks, the common model tests) knows they return features, not a loss.
     MODEL_MAPPING_NAMES.setdefault(FlorenceVisionConfig.model_type, FlorenceVisionModel.__name__)

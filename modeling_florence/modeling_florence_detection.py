@@ -29,14 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_florence_detection import STAGE_NAMES, FlorenceDetectionConfig
 from .deform_conv_florence import modulated_deform_conv2d
-from .modeling_coswin import FlorenceVisionModel, resolve_output_flags
+from .modeling_coswin import FlorencePreTrainedBase, FlorenceVisionModel, resolve_output_flags
 from .modeling_florence import FlorenceTextModel, is_tracing
 
 # Largest exp() argument when decoding box sizes, as detectron2/maskrcnn-benchmark (boxes up to 1000/16 anchors).
@@ -398,17 +397,12 @@ class FlorenceATSSLoss(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------------------------------
-class FlorenceDetectionPreTrainedModel(PreTrainedModel):
+class FlorenceDetectionPreTrainedModel(FlorencePreTrainedBase):
     config_class = FlorenceDetectionConfig
     base_model_prefix = "florence_detection"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
     _no_split_modules = ["FlorenceVisionLayer", "FlorenceTextLayer", "FlorenceDyHeadBlock"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = True
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
