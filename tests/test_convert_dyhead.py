@@ -19,7 +19,7 @@ from modeling_florence import FlorenceForObjectDetection  # noqa: E402
 from modeling_florence.modeling_florence_detection import crop_offsets, flatten_offsets  # noqa: E402
 from tests.test_detection import reference_dyhead_block  # noqa: E402
 
-EMBED, DEPTHS, HEADS, WINDOW = 16, (1, 1, 1, 1), (1, 2, 2, 4), 4
+EMBED, DEPTHS, HEADS, WINDOW = 16, (2, 2, 2, 2), (1, 2, 2, 4), 4  # Swin blocks come in pairs
 FPN, BLOCKS, CLASSES = 32, 2, 3
 OUT_STAGES = (1, 2, 3)  # Swin stages (0-based) feeding the FPN: strides 8, 16, 32
 # The Swin names of each layout: official Swin (detectron2 DynamicHead) and mmdetection's.
@@ -170,7 +170,7 @@ def test_detectron2_layout_converts_every_weight_through_the_cli(detectron2_chec
     assert (config.fpn_channels, config.num_dyhead_blocks, config.num_labels) == (FPN, BLOCKS, CLASSES)
     assert config.out_features == ["stage2", "stage3", "stage4"]
     vision = config.vision_config
-    assert (vision.embed_dim, vision.depths, vision.num_heads, vision.window_size) == (EMBED, [1, 1, 1, 1],
+    assert (vision.embed_dim, vision.depths, vision.num_heads, vision.window_size) == (EMBED, [2, 2, 2, 2],
                                                                                        [1, 2, 2, 4], WINDOW)
     assert (vision.patch_embed, vision.downsample) == ("linear", "merge")
     assert_one_to_one(model, detectron2_checkpoint)

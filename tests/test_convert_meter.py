@@ -33,7 +33,7 @@ class MeterReference(nn.Module):
     def __init__(self):
         super().__init__()
         self.vit_model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=16,
-                                           depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=32,
+                                           depths=(2, 2), num_heads=(1, 2), window_size=4, img_size=32,
                                            num_classes=0)
         self.text_transformer = RobertaModel(RobertaConfig(
             vocab_size=120, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=40,
