@@ -180,7 +180,7 @@ def _find(tree, name: str):
     config file's text (mmdet/mmaction keep theirs as text in `meta`); `None` when absent."""
     if isinstance(tree, dict):
         for key, value in tree.items():
-            if isinstance(key, str) and key.lower() == name.lower() and not isinstance(value, (dict, str)):
+            if isinstance(key, str) and key.lower() == name.lower() and not isinstance(value, dict):
                 return _normalise(value)
         for value in tree.values():
             found = _find(value, name)

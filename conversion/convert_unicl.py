@@ -72,7 +72,7 @@ def verify_unicl(vision_config, text_config, metadata: dict, source: str, expect
     inferred.update({f"text {k}": v for k, v in convert_clip_text.text_architecture(text_config).items()})
     claims = []
     for claim_source, tree in ((f"{source}'s metadata", metadata), ("--config", expected)):
-        vision = declared_fields(tree, convert_swin.SWIN_ALIASES, ("image_encoder", "vision_config"))
+        vision = declared_fields(tree, convert_swin.SWIN_ALIASES, ("image_encoder", "vision_config"), fallback=True)
         text = declared_fields(tree, convert_clip_text.TEXT_ALIASES, ("text_encoder", "lang_encoder", "text_config"))
         claims.append((claim_source, {**{f"vision {k}": v for k, v in vision.items()},
                                       **{f"text {k}": v for k, v in text.items()}}))
