@@ -1,9 +1,13 @@
 """Convert a Swin Transformer checkpoint (timm, official Swin / UniCL, mmdetection, or Transformers `SwinModel`) to a
 `FlorenceVisionModel` folder in Swin mode (`patch_embed="linear"`, `downsample="merge"`).
 
-The architecture is read from the tensor shapes, so no config is needed:
+The architecture is read from the tensor shapes and printed, then checked: a stage with an odd number of blocks (Swin
+blocks come in window / shifted-window pairs, so a block is missing) and any field that the checkpoint's own metadata
+(a folder's config.json, safetensors metadata, mmdet's config text) or `--config` (a JSON, a preset, `swin-t/s/b/l`)
+states differently are refused. Swin V2 checkpoints are refused by name:
 
-    python conversion/convert_swin.py --checkpoint swin_tiny_patch4_window7_224.pth --output coswin-swin-t
+    python conversion/convert_swin.py --checkpoint swin_tiny_patch4_window7_224.pth --output coswin-swin-t \
+        [--config swin-t]
 """
 
 import math
