@@ -27,8 +27,14 @@ from modeling_florence import (
     FlorenceDetectionConfig,
     FlorenceDetectionImageProcessor,
     FlorenceDetectionTokenizer,
+    FlorenceForImageClassification,
     FlorenceForVideoClassification,
+    FlorenceImageProcessor,
     FlorenceProcessor,
+    FlorenceVideoProcessor,
+    FlorenceVideoVisionModel,
+    FlorenceVisionBackbone,
+    FlorenceVisionModel,
 )
 from modeling_florence.model_card import load_results, write_model_card
 
@@ -45,6 +51,10 @@ MODEL_AUTO_CLASSES = (
     "AutoModelForPreTraining",
     "AutoModelForImageTextToText",
 )
+# Models whose inputs are pixels only: a folder of theirs may hold just its image (or video) processor, no tokenizer.
+IMAGE_ONLY_MODELS = (FlorenceForImageClassification, FlorenceVisionModel, FlorenceVisionBackbone)
+VIDEO_ONLY_MODELS = (FlorenceForVideoClassification, FlorenceVideoVisionModel)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja")
 
@@ -101,12 +111,27 @@ def processing_parts(model_dir: Path, model_class: type, config) -> list:
             parts.append(FlorenceDetectionTokenizer.from_pretrained(model_dir) if saved
                          else FlorenceDetectionTokenizer.from_defaults())
         return parts
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        return [pixels_only_processor(model_dir, model_class)]
     processor = saved_processor_class(model_dir).from_pretrained(model_dir)
     if issubclass(model_class, FlorenceForVideoClassification):
         if getattr(processor, "video_processor", None) is None:
             raise ValueError(f"{model_dir} has no video processor: save the classifier with a FlorenceProcessor")
         return [processor.video_processor]
     return [processor]
+
+
+def pixels_only_processor(model_dir: Path, model_class: type):
+    """The image processor (an image classifier or tower saved as `finetune_classification.py` does) or video
+    processor (a converted Video Swin) of a folder without a tokenizer, which its pixel-only model does not need."""
+    if issubclass(model_class, VIDEO_ONLY_MODELS) and (model_dir / "video_preprocessor_config.json").is_file():
+        return FlorenceVideoProcessor.from_pretrained(model_dir)
+    if issubclass(model_class, IMAGE_ONLY_MODELS) and (model_dir / "preprocessor_config.json").is_file():
+        return FlorenceImageProcessor.from_pretrained(model_dir)
+    needs = "its video processor" if issubclass(model_class, VIDEO_ONLY_MODELS) else (
+        "its image processor" if issubclass(model_class, IMAGE_ONLY_MODELS) else "its processor (with the tokenizer)")
+    raise ValueError(f"{model_dir} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}) and no processor its "
+                     f"{model_class.__name__} can use alone: save the model with {needs}")
 
 
 def processing_classes(part) -> list[type]:

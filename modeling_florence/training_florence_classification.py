@@ -24,6 +24,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
 from .evaluation_florence import TopKAccuracy
+from .model_card import write_finetune_card
 from .training_florence import quiet_defaults, require_columns
 from .shapes import CLASS_COLOURS, CLASS_SHAPES, COLOURS, class_names, png, sample_object, shape_mask
 
@@ -270,6 +271,7 @@ def run_classification(
 
             results["adapter_bytes"] = adapter_file(output).stat().st_size
         (output / "finetune_results.json").write_text(json.dumps(results, indent=2))
+        write_finetune_card(output, results, base_model=str(model_path), description=f"A Florence image classifier fine-tuned ({mode}) from `{model_path}`.")  # noqa: E501
     return results
 
 
@@ -351,6 +353,7 @@ def run_retrieval(
         unwrapped.save_pretrained(output)
         processor.save_pretrained(output)
         (output / "finetune_results.json").write_text(json.dumps(results, indent=2))
+        write_finetune_card(output, results, base_model=str(model_path), description=f"A Florence two-tower model fine-tuned for image-text retrieval{' (LoRA)' if lora else ''} from `{model_path}`.")  # noqa: E501
     return results
 
 
