@@ -80,6 +80,7 @@ from .modeling_florence_detection import (
 )
 from .modeling_florence_classification import FlorenceForImageClassification, check_class_names
 from .peft_florence import default_lora_config
+from .pipelines_florence import register_pipelines
 from .configuration_florence_vqa import FlorenceVQAConfig
 from .modeling_florence_vqa import (
     FlorenceForVisionLanguagePretraining,
@@ -194,3 +195,4 @@ def _load_local_backbone_folders() -> None:
 
 _register_auto_classes()
 _load_local_backbone_folders()
+register_pipelines()  # Florence models' pipeline inputs go through image_loading_florence
