@@ -499,6 +499,11 @@ def check_pixel_values_videos(config: FlorenceVideoVisionConfig, pixel_values: t
     """Clear errors for inputs a video model cannot process."""
     if pixel_values is None:
         raise ValueError("pixel_values (or pixel_values_videos) is required")
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(
+            f"pixel_values must be a tensor, got {type(pixel_values).__name__}: pass the processor output's "
+            "`pixel_values_videos` (or unpack it: `model(**inputs)`), not the whole output"
+        )
     expected = f"(batch, frames, {config.num_channels}, height, width)"
     if pixel_values.ndim == 4:
         raise ValueError(
@@ -864,16 +869,28 @@ class FlorenceForVideoClassification(FlorenceVideoPreTrainedModel):
 
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device).long()
-            if labels.shape != (logits.shape[0],):
-                raise ValueError(f"labels must have shape ({logits.shape[0]},) (one class id per video), got "
-                                 f"{tuple(labels.shape)}")
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = video_classification_loss(logits, labels)
 
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
         return output if return_dict else output.to_tuple()
+
+
+def video_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over videos with labels in [0, num_labels), or -100 to ignore a video. When every label is -100
+    the loss is 0 (still connected to the graph, so `backward` gives zero gradients) instead of cross-entropy's NaN."""
+    labels = labels.to(logits.device).long()
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape ({logits.shape[0]},) (one class id per video), got "
+                         f"{tuple(labels.shape)}")
+    wrong = labels[(labels != -100) & ((labels < 0) | (labels >= logits.shape[-1]))]
+    if wrong.numel():
+        raise ValueError(f"labels must be class ids in [0, {logits.shape[-1]}) (num_labels) or -100 (ignored), got "
+                         f"{wrong.tolist()[:5]}")
+    if bool((labels == -100).all()):
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), labels)
 
 
 __all__ = [
