@@ -301,7 +301,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
     try:
         accelerator.load_state(str(checkpoint))
     except (RuntimeError, KeyError) as error:
-        mismatch = "\n".join(line.strip() for line in str(error).splitlines()[:12])
+        mismatch = " ".join(line.strip() for line in str(error).splitlines()[:12])
         raise ValueError(
             f"Cannot resume from {checkpoint}: it was saved by a different model than this recipe builds "
             f"({mismatch}); resume with the recipe that wrote it, or start without --resume_from_checkpoint"
