@@ -54,16 +54,22 @@ from .modeling_florence import (
 )
 from .processing_florence import FlorenceProcessor, clean_text, default_tokenizer_path, text_label, text_labels
 from .tokenization_florence import FlorenceTokenizer
-from .shapes import (
-    build_classification,
-    build_detection,
-    build_pairs,
-    build_video,
-    build_vqa,
-    class_names,
-    vqa_score,
-    vqa_soft_scores,
-)
+# Shapes is imported on first use (`mf.build_detection`), not here: `python -m modeling_florence.shapes` runs the
+# module as __main__, and an earlier import by this package would make runpy warn about it.
+_SHAPES_NAMES = ("build_classification", "build_detection", "build_pairs", "build_video", "build_vqa", "class_names",
+                 "vqa_score", "vqa_soft_scores")
+
+
+def __getattr__(name: str):
+    if name in _SHAPES_NAMES:
+        from . import shapes
+
+        return getattr(shapes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_SHAPES_NAMES])
 from .video_processing_florence import FlorenceVideoProcessor, decode_video
 from .configuration_florence_video import FlorenceVideoConfig, FlorenceVideoVisionConfig
 from .modeling_florence_video import (
@@ -84,6 +90,7 @@ from .modeling_florence_detection import (
 )
 from .modeling_florence_classification import FlorenceForImageClassification, check_class_names
 from .peft_florence import default_lora_config
+from .pipelines_florence import register_pipelines
 from .configuration_florence_vqa import FlorenceVQAConfig
 from .modeling_florence_vqa import (
     FlorenceForVisionLanguagePretraining,
@@ -244,3 +251,4 @@ def _load_local_backbone_folders() -> None:
 _register_auto_classes()
 _list_pipeline_models()
 _load_local_backbone_folders()
+register_pipelines()  # Florence models' pipeline inputs go through image_loading_florence

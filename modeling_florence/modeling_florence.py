@@ -58,8 +58,12 @@ class FlorenceTextEmbeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         length = input_ids.shape[-1]
+        table = self.position_embedding.num_embeddings
         if position_ids is None:
             position_ids = self.position_ids[:, :length]
+        elif position_ids.numel() and (position_ids.min() < 0 or position_ids.max() >= table):
+            raise ValueError(f"position_ids must lie in [0, {table}) (max_position_embeddings), got values from "
+                             f"{position_ids.min().item()} to {position_ids.max().item()}")
         return self.token_embedding(input_ids) + self.position_embedding(position_ids)
 
 

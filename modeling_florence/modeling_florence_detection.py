@@ -458,6 +458,9 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
     (`set_class_names`) are used, so `pipeline("object-detection")` serves its `id2label` too."""
 
     def __init__(self, config: FlorenceDetectionConfig):
+        if not config.is_open_vocabulary and config.num_labels < 1:
+            raise ValueError(f"A closed-set detector needs at least one class, got num_labels={config.num_labels}: "
+                             "set num_labels (or id2label), or give text_config for an open-vocabulary detector")
         super().__init__(config)
         vision_config = config.vision_config
         self.vision_model = FlorenceVisionModel._from_config(vision_config)

@@ -372,6 +372,11 @@ def check_pixel_values_videos(config: FlorenceVideoVisionConfig, pixel_values: t
     """Clear errors for inputs a video model cannot process."""
     if pixel_values is None:
         raise ValueError("pixel_values (or pixel_values_videos) is required")
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(
+            f"pixel_values must be a tensor, got {type(pixel_values).__name__}: pass the processor output's "
+            "`pixel_values_videos` (or unpack it: `model(**inputs)`), not the whole output"
+        )
     expected = f"(batch, frames, {config.num_channels}, height, width)"
     if pixel_values.ndim == 4:
         raise ValueError(
@@ -663,17 +668,29 @@ class FlorenceForVideoClassification(FlorenceVideoPreTrainedModel):
 
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device).long()
-            if labels.shape != (logits.shape[0],):
-                raise ValueError(f"labels must have shape ({logits.shape[0]},) (one class id per video), got "
-                                 f"{tuple(labels.shape)}")
-            # Transformers' classification loss (cross-entropy for int labels), as FlorenceForImageClassification.
-            loss = self.loss_function(labels, logits, self.config, **loss_kwargs)
+            labels = check_video_labels(logits, labels)
+            if bool((labels == -100).all()):  # cross-entropy would be NaN; 0 keeps the graph (zero gradients)
+                loss = logits.float().sum() * 0.0
+            else:  # Transformers' classification loss, as FlorenceForImageClassification
+                loss = self.loss_function(labels, logits, self.config, **loss_kwargs)
 
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
         return output if return_dict else output.to_tuple()
+
+
+def check_video_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Labels as one class id in [0, num_labels) per video, or -100 to ignore a video; a clear error otherwise."""
+    labels = labels.to(logits.device).long()
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape ({logits.shape[0]},) (one class id per video), got "
+                         f"{tuple(labels.shape)}")
+    wrong = labels[(labels != -100) & ((labels < 0) | (labels >= logits.shape[-1]))]
+    if wrong.numel():
+        raise ValueError(f"labels must be class ids in [0, {logits.shape[-1]}) (num_labels) or -100 (ignored), got "
+                         f"{wrong.tolist()[:5]}")
+    return labels
 
 
 __all__ = [

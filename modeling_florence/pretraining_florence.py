@@ -234,7 +234,7 @@ class PretrainingData:
         return torch.utils.data.DataLoader(self.rows, batch_sampler=sampler, **options)
 
 
-CHECKPOINT_NAME = re.compile(r"step-\d{7}")
+CHECKPOINT_NAME = re.compile(r"step-\d{7}(-r\d+)?")  # -rN: a step saved again after a resume
 
 
 def latest_checkpoint(output: Path) -> Path | None:
@@ -246,7 +246,7 @@ def latest_checkpoint(output: Path) -> Path | None:
         return None
     name = pointer.read_text().strip()
     if not CHECKPOINT_NAME.fullmatch(name):
-        raise ValueError(f"{pointer} names {name!r}, not a checkpoint folder (step-NNNNNNN) of {checkpoints}")
+        raise ValueError(f"{pointer} names {name!r}, not a checkpoint folder (step-NNNNNNN[-rN]) of {checkpoints}")
     if not (checkpoints / name / "trainer_state.json").is_file():
         raise ValueError(f"{pointer} names {name}, which is not a complete checkpoint in {checkpoints}")
     return checkpoints / name
@@ -260,33 +260,53 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> None:
         shutil.rmtree(old)
 
 
-def save_checkpoint(accelerator: Accelerator, output: Path, step: int, history: list, keep: int) -> Path:
-    """Write `checkpoints/step-N` through a temporary folder and an atomic rename, point `latest` at it, then prune.
-
-    A step saved again (a run resumed from an earlier checkpoint) replaces the old folder only once the new one is
-    complete; `latest` never names a deleted folder."""
-    checkpoints = output / "checkpoints"
+def free_checkpoint_name(checkpoints: Path, step: int) -> Path:
+    """`step-N`, or when a copy of step N is already on disk (a run resumed from an earlier checkpoint saves the
+    step again) the first free `step-N-rK`: the new copy never overwrites the one `latest` may name."""
     final = checkpoints / f"step-{step:07d}"
-    temporary, replaced = checkpoints / f".tmp-{final.name}", checkpoints / f".old-{final.name}"
-    if accelerator.is_main_process:
-        for leftover in (temporary, replaced):
-            if leftover.exists():
-                shutil.rmtree(leftover)
+    revision = 0
+    while final.exists():
+        revision += 1
+        final = checkpoints / f"step-{step:07d}-r{revision}"
+    return final
+
+
+def save_checkpoint(accelerator: Accelerator, output: Path, step: int, history: list, keep: int) -> Path:
+    """Write step N's checkpoint atomically: into a temporary folder, renamed to a free name (`step-N`, or `step-N-rK`
+    when the step is saved again), then `latest` is pointed at it (an atomic rename), and only then are older copies
+    of step N deleted and old checkpoints pruned. A crash at any point leaves `latest` naming a complete folder."""
+    checkpoints = output / "checkpoints"
+    temporary = checkpoints / f".tmp-step-{step:07d}"
+    if accelerator.is_main_process and temporary.exists():
+        shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
+    final = free_checkpoint_name(checkpoints, step)
     if accelerator.is_main_process:
         (temporary / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}))
-        if final.exists():
-            os.replace(final, replaced)
         os.replace(temporary, final)
         pointer = checkpoints / ".latest.tmp"
         pointer.write_text(final.name)
         os.replace(pointer, checkpoints / "latest")
-        if replaced.exists():
-            shutil.rmtree(replaced)
+        for older in checkpoints.glob(f"step-{step:07d}*"):
+            if older != final:
+                shutil.rmtree(older)
         prune_checkpoints(checkpoints, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
+    """`accelerator.load_state`, with a checkpoint of a different model (other sizes or parameters) refused by a
+    `ValueError` naming the checkpoint and the mismatch rather than the bare `load_state_dict` error."""
+    try:
+        accelerator.load_state(str(checkpoint))
+    except (RuntimeError, KeyError) as error:
+        mismatch = " ".join(line.strip() for line in str(error).splitlines()[:12])
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: it was saved by a different model than this recipe builds "
+            f"({mismatch}); resume with the recipe that wrote it, or start without --resume_from_checkpoint"
+        ) from error
 
 
 def resolve_checkpoint(output: Path, resume: str | None) -> Path | None:
@@ -409,7 +429,7 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
 
     step, history = 0, []
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint)
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         step, history = state["step"], state["history"]
         accelerator.print(f"Resumed from {checkpoint} at step {step}")

@@ -99,7 +99,8 @@ def _decode_at(data, name: str, wanted: set[int], min_side, max_pixels) -> tuple
     frames, decoded, last = {}, 0, max(wanted)
     with _open_container(data, name) as container:
         stream = container.streams.video[0]
-        check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels, f"Video {name}")
+        if stream.codec_context.width and stream.codec_context.height:  # some containers leave the header size 0
+            check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels, f"Video {name}")
         try:
             for frame in container.decode(stream):
                 check_pixels(frame.width, frame.height, max_pixels, f"A frame of video {name}")
