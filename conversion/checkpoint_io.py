@@ -90,14 +90,16 @@ def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sou
 
 
 def converter_parser(description: str, formats: tuple[str, ...], model_name: str,
-                     swin: bool = False) -> argparse.ArgumentParser:
-    """The arguments every converter takes: where to read, where to write, and which format to expect."""
+                     swin: bool = False, config_help: str | None = None) -> argparse.ArgumentParser:
+    """The arguments every converter takes: where to read, where to write, which format to expect and the
+    architecture to compare with (`config_help` words `--config` for converters that read it differently)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="state dict file (.pth/.bin/.safetensors) or model folder")
     parser.add_argument("--output", required=True, help=f"folder to write the {model_name} to")
     parser.add_argument("--format", default="auto", choices=formats, help="expected format (default: detect)")
-    parser.add_argument("--config", default=None, help="the architecture the checkpoint should have, to refuse a "
-                        "mismatch: a config JSON, a preset name (e.g. florence-tiny) or a Swin size (swin-t/s/b/l)")
+    parser.add_argument("--config", default=None, help=config_help or "the architecture the checkpoint should have, to "
+                        "refuse a mismatch: a config JSON, a preset name (e.g. florence-tiny) or a Swin size "
+                        "(swin-t/s/b/l)")
     if swin:
         parser.add_argument("--unpaired-blocks", action="store_true", help="accept Swin stages with an odd number "
                             "of blocks (refused by default: blocks come in window / shifted-window pairs)")

@@ -162,8 +162,8 @@ def read_original_config(checkpoint: Path, config_path: str | None) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = converter_parser(__doc__, FORMATS, "FlorenceForConditionalGeneration")
-    parser.add_argument("--config", help="the original config.json (default: the checkpoint folder's)")
+    parser = converter_parser(__doc__, FORMATS, "FlorenceForConditionalGeneration",
+                              config_help="the original config.json (default: the checkpoint folder's)")
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint)
 

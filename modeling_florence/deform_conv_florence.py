@@ -74,7 +74,10 @@ def sampled_deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dil
     if mask is not None:
         sampled = sampled * mask.reshape(batch * groups, 1, kernel, out_h * out_w).to(x.dtype)
     columns = sampled.reshape(batch, channels * kernel, out_h * out_w)  # (C, K) order = weight's (C, kh, kw)
-    out = torch.matmul(weight.reshape(out_channels, channels * kernel).to(x.dtype), columns)
+    # bmm over the batch: matmul's broadcasting folds differently when `weight` requires grad, which changed the
+    # last bits of the output between a trainable and a frozen copy of the same weights
+    weight = weight.reshape(out_channels, channels * kernel).to(x.dtype)
+    out = torch.bmm(weight.expand(batch, -1, -1), columns)
     if bias is not None:
         out = out + bias.to(x.dtype)[:, None]
     return out.view(batch, out_channels, out_h, out_w)

@@ -134,7 +134,9 @@ class FlorenceGenerationTokenizer(CLIPTokenizer):
         """The shipped CLIP tokenizer (configuration/tokenizer) with the Florence-2 tokens added; no network."""
         from .processing_florence import default_tokenizer_path
 
-        tokenizer = cls.from_pretrained(default_tokenizer_path(), model_max_length=1024)
+        # `<image>` and the task tokens the processor writes must stay tokens (the shipped two-tower tokenizer splits
+        # special strings); user text is kept plain by the processor itself (`split_prompt`).
+        tokenizer = cls.from_pretrained(default_tokenizer_path(), model_max_length=1024, split_special_tokens=False)
         tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
         tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in LOCATION_TOKENS + MARKUP_TOKENS])
         return tokenizer

@@ -113,3 +113,14 @@ def test_bad_shapes_raise_a_clear_error(field, shape, message):
     given[field] = torch.zeros(shape)
     with pytest.raises(ValueError, match=message):
         sampled_deform_conv2d(x, given["offset"], weight, padding=1, mask=given["mask"])
+
+
+def test_a_trainable_and_a_frozen_weight_give_bit_identical_outputs():
+    """A LoRA model (DyHead trained, weights require grad) and its reload (frozen) must agree exactly."""
+    torch.manual_seed(0)
+    x, offset, mask = torch.randn(2, 16, 3, 3), torch.randn(2, 18, 3, 3), torch.rand(2, 9, 3, 3)  # DyHead's top level
+    weight = torch.randn(16, 16, 3, 3)
+    with torch.no_grad():
+        frozen = sampled_deform_conv2d(x, offset, weight, padding=1, mask=mask)
+        trainable = sampled_deform_conv2d(x, offset, weight.clone().requires_grad_(), padding=1, mask=mask)
+    assert torch.equal(frozen, trainable)

@@ -49,7 +49,7 @@ def test_plain_word_labels_keep_their_published_values():
 
 @pytest.fixture(scope="module")
 def processor():
-    return FlorenceProcessor.from_defaults(image_size=64)
+    return FlorenceProcessor.from_defaults(image_size=64, num_frames=4)
 
 
 def test_an_empty_text_list_is_refused_clearly(processor):

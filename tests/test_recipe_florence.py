@@ -8,7 +8,7 @@ import pytest
 
 from modeling_florence.recipe_florence import Recipe, check_arguments, check_number
 
-STAGES = [{"name": "stage1", "steps": 4}]
+ONE_STAGE = [{"name": "stage1", "steps": 4}]
 
 
 @pytest.mark.parametrize("field, text", [
@@ -19,7 +19,7 @@ def test_recipe_numbers_must_be_finite(tmp_path, field, text):
     """One such run saved a model whose tensors are all NaN: the recipe is refused at load."""
     path = tmp_path / "recipe.json"
     values = {"model": "florence-tiny", "data": {"source": "shapes", "num_train": 64}, "batch_size": 16,
-              "warmup_steps": 2, "stages": STAGES, field: "PLACEHOLDER"}
+              "warmup_steps": 2, "stages": ONE_STAGE, field: "PLACEHOLDER"}
     path.write_text(json.dumps(values).replace('"PLACEHOLDER"', text))
     with pytest.raises(ValueError, match=f"{field} must be a finite number"):
         Recipe.from_file(path)

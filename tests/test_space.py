@@ -322,9 +322,9 @@ def test_a_missing_model_folder_gives_a_note_not_a_crash(monkeypatch, tmp_path):
     assert "make demo-detection" in str(blocks.config)
 
 
-def test_the_space_reads_uploads_with_the_package_loader(tmp_path, example_script):
+def test_the_space_reads_uploads_with_the_package_loader(tmp_path):
     """EXIF orientation, 16-bit PNG and transparency go through `image_loading_florence`, not `convert("RGB")`."""
-    app = example_script("space/app.py")
+    app = load_space_app()
     tall = Image.new("RGB", (40, 20), (255, 0, 0))
     exif = tall.getexif()
     exif[0x0112] = 6  # rotate 90 degrees on display
