@@ -19,14 +19,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from conversion.checkpoint_io import (  # noqa: E402
-    check_declared,
     contiguous_indices,
     converter_parser,
+    declared_fields,
+    expected_config,
     folder_config,
-    load_state_dict,
+    load_checkpoint,
     load_strict,
     run_converter,
     strip_prefix,
+    verify_architecture,
     write_converted,
 )
 from modeling_florence import FlorenceTextConfig, FlorenceTextModel  # noqa: E402
@@ -116,20 +118,34 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> FlorenceTe
 
 ARCHITECTURE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 SETTING_KEYS = ("hidden_act", "layer_norm_eps", "num_attention_heads", "eos_token_id", "bos_token_id", "pad_token_id")
+# What a checkpoint's metadata may call the architecture fields (Transformers, open_clip / UniCL configs).
+TEXT_ALIASES = {"hidden_size": ("hidden_size", "width"), "intermediate_size": ("intermediate_size",),
+                "num_hidden_layers": ("num_hidden_layers", "layers"),
+                "num_attention_heads": ("num_attention_heads", "heads")}
 
 
-def convert_clip_text(checkpoint: str | Path, source_format: str = "auto", **config_overrides) -> FlorenceTextModel:
+def text_architecture(config) -> dict:
+    return {key: getattr(config, key) for key in ARCHITECTURE_KEYS}
+
+
+def convert_clip_text(checkpoint: str | Path, source_format: str = "auto", expected: dict | None = None,
+                      **config_overrides) -> FlorenceTextModel:
     """Load a CLIP-style text tower into a `FlorenceTextModel`, failing loudly on any mismatch.
 
     A Transformers folder's config.json supplies what weights do not store (activation, eps, heads, special
     tokens); flags override it, but an architecture that then disagrees with it (e.g. another head count, a layer
-    missing at the end) is refused."""
-    state_dict, detected = to_florence_state_dict(load_state_dict(checkpoint), source_format)
+    missing at the end) is refused, as is one that differs from the checkpoint's other metadata or from `expected`
+    (`--config`: e.g. `{"num_hidden_layers": 12}`)."""
+    raw, metadata = load_checkpoint(checkpoint)
+    state_dict, detected = to_florence_state_dict(raw, source_format)
     declared = folder_config(checkpoint, "text_config")
     overrides = {key: declared[key] for key in SETTING_KEYS if key in declared}
     overrides.update({k: v for k, v in config_overrides.items() if v is not None})
     model = FlorenceTextModel(infer_config(state_dict, **overrides))
-    check_declared(model.config, declared, ARCHITECTURE_KEYS, f"{checkpoint}/config.json")
+    claims = [(f"{checkpoint}/config.json", {k: declared[k] for k in ARCHITECTURE_KEYS if k in declared}),
+              (f"{checkpoint}'s metadata", declared_fields(metadata, TEXT_ALIASES, ("text_config", "text", "text_cfg"))),
+              ("--config", expected or {})]
+    verify_architecture(f"CLIP text ({detected})", text_architecture(model.config), claims)
     load_strict(model, state_dict, f"CLIP text ({detected})")
     return model.eval()
 
@@ -141,9 +157,8 @@ def main(argv=None):
     parser.add_argument("--num-attention-heads", type=int, default=None, help="default: width / 64")
     args = parser.parse_args(argv)
     model = run_converter(
-        convert_clip_text,
-        args.checkpoint,
-        args.format,
+        lambda **kwargs: convert_clip_text(args.checkpoint, args.format, expected_config(args.config, "text_config"),
+                                           **kwargs),
         hidden_act=args.hidden_act,
         layer_norm_eps=args.layer_norm_eps,
         num_attention_heads=args.num_attention_heads,

@@ -48,14 +48,21 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from conversion.checkpoint_io import (  # noqa: E402
     contiguous_indices,
     converter_parser,
-    load_state_dict,
+    declared_fields,
+    expected_config,
+    load_checkpoint,
     load_strict,
     run_converter,
     strip_prefix,
+    verify_architecture,
     write_converted,
 )
-from conversion.convert_swin import infer_config, to_florence_state_dict  # noqa: E402
-from modeling_florence import FlorenceDetectionConfig, FlorenceForObjectDetection  # noqa: E402
+from conversion.convert_swin import SWIN_ALIASES, infer_config, swin_architecture, to_florence_state_dict  # noqa: E402
+from modeling_florence import (  # noqa: E402
+    FlorenceDetectionConfig,
+    FlorenceDetectionImageProcessor,
+    FlorenceForObjectDetection,
+)
 from modeling_florence.configuration_florence_detection import STAGE_NAMES  # noqa: E402
 
 FORMATS = ("auto", "detectron2", "mmdet")
@@ -201,10 +208,30 @@ def infer_detection_config(state_dict: dict[str, torch.Tensor], source_format: s
     )
 
 
+DETECTOR_ALIASES = {"num_dyhead_blocks": ("num_dyhead_blocks", "num_blocks", "num_convs"),
+                    "num_labels": ("num_labels", "num_classes"), "fpn_channels": ("fpn_channels", "out_channels")}
+
+
+def verify_dyhead(config, metadata: dict, source: str, expected: dict | None, paired_blocks: bool) -> None:
+    """Print the detector's architecture and refuse odd Swin depths or a field that the checkpoint's metadata (mmdet's
+    config text, ...) or `expected` (a FlorenceDetectionConfig dict) states differently."""
+    inferred = {f"vision {k}": v for k, v in swin_architecture(config.vision_config).items()}
+    inferred.update({key: getattr(config, key) for key in DETECTOR_ALIASES})
+    claims = []
+    for claim_source, tree in ((f"{source}'s metadata", metadata), ("--config", expected or {})):
+        claim = declared_fields(tree, SWIN_ALIASES, ("vision_config", "backbone"), "vision ", fallback=True)
+        claim.update(declared_fields(tree, DETECTOR_ALIASES))
+        claims.append((claim_source, claim))
+    verify_architecture("DyHead", inferred, claims,
+                        {"vision depths": config.vision_config.depths} if paired_blocks else None)
+
+
 def convert_dyhead(checkpoint, source_format: str = "auto", id2label: dict[int, str] | None = None,
+                   expected: dict | None = None, paired_blocks: bool = True,
                    **vision_overrides) -> FlorenceForObjectDetection:
-    """A `FlorenceForObjectDetection` holding every weight of a DyHead checkpoint (a path or a state dict)."""
-    raw = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
+    """A `FlorenceForObjectDetection` holding every weight of a DyHead checkpoint (a path or a state dict); refuses
+    odd Swin depths (`paired_blocks`) and an architecture other than the one its metadata or `expected` states."""
+    raw, metadata = (checkpoint, {}) if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     if source_format not in FORMATS:
         raise ValueError(f"Unknown format {source_format!r}; choose one of {FORMATS}")
     detected = detect_format(raw)
@@ -212,6 +239,8 @@ def convert_dyhead(checkpoint, source_format: str = "auto", id2label: dict[int, 
         raise ValueError(f"The checkpoint looks like the {detected!r} layout, not {source_format!r} as claimed")
     state_dict = rename(raw, detected)
     config = infer_detection_config(state_dict, detected, id2label, **vision_overrides)
+    verify_dyhead(config, metadata, "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint), expected,
+                  paired_blocks)
     last_norm = f"hidden_states_norms.{STAGE_NAMES[len(config.vision_config.depths) - 1]}."
     for leaf in ("weight", "bias"):  # the tower's final norm (unused by detection) = the last stage's output norm
         if last_norm + leaf in state_dict:
@@ -221,17 +250,25 @@ def convert_dyhead(checkpoint, source_format: str = "auto", id2label: dict[int, 
     return model.eval()
 
 
+def detection_processor(config) -> FlorenceDetectionImageProcessor:
+    """The peers' test-time preprocessing (detectron2 DynamicHead / mmdet DyHead): short side 800, long side at most
+    1333, ImageNet statistics (their PIXEL_MEAN / STD in 0-255 RGB), with the detector's post-processing settings."""
+    return FlorenceDetectionImageProcessor.from_detection_config(
+        config, size={"shortest_edge": 800, "longest_edge": 1333}, normalization="imagenet")
+
+
 def main(argv=None):
-    parser = converter_parser(__doc__, FORMATS, "FlorenceForObjectDetection")
+    parser = converter_parser(__doc__, FORMATS, "FlorenceForObjectDetection", swin=True)
     parser.add_argument("--labels", help="JSON list of the class names, in the classifier's order")
     parser.add_argument("--drop-path-rate", type=float, default=0.2, help="stochastic depth for later fine-tuning")
     args = parser.parse_args(argv)
     id2label = dict(enumerate(json.loads(Path(args.labels).read_text()))) if args.labels else None
-    model = run_converter(convert_dyhead, args.checkpoint, args.format, id2label,
-                          drop_path_rate=args.drop_path_rate)
+    model = run_converter(lambda: convert_dyhead(args.checkpoint, args.format, id2label, expected_config(args.config),
+                                                 not args.unpaired_blocks, drop_path_rate=args.drop_path_rate))
     write_converted(model, args.output, args.checkpoint)
+    detection_processor(model.config).save_pretrained(args.output)  # what the object-detection pipeline loads
     config = model.config
-    print(f"Wrote {args.output}: Swin {config.vision_config.embed_dim} x {config.vision_config.depths}, FPN "
+    print(f"Wrote {args.output} (with its image processor): Swin {config.vision_config.embed_dim} x {config.vision_config.depths}, FPN "
           f"{config.fpn_channels} on {config.out_features}, {config.num_dyhead_blocks} DyHead blocks "
           f"({config.upsampled_offset_mode} offsets), {config.num_labels} classes "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")

@@ -19,8 +19,20 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conversion.checkpoint_io import converter_parser, load_state_dict, load_strict, strip_prefix  # noqa: E402
-from conversion.convert_swin import infer_config, to_florence_state_dict  # noqa: E402
+from conversion.checkpoint_io import (  # noqa: E402
+    contiguous_indices,
+    converter_parser,
+    declared_fields,
+    expected_config,
+    load_checkpoint,
+    load_strict,
+    run_converter,
+    strip_prefix,
+    swin_size,
+    verify_architecture,
+    write_converted,
+)
+from conversion.convert_swin import SWIN_ALIASES, infer_config, swin_architecture, to_florence_state_dict  # noqa: E402
 from modeling_florence import FlorenceForVisionLanguagePretraining, FlorenceForVQA, FlorenceVQAConfig  # noqa: E402
 
 FORMATS = ("auto", "meter-swin")
@@ -105,7 +117,7 @@ def infer_vqa_config(state_dict: dict[str, torch.Tensor], id2label=None, image_s
     vision = infer_config(strip_prefix(state_dict, "vision_model."), image_size=image_size, drop_path_rate=0.0)
     words = state_dict["text_model.embeddings.word_embeddings.weight"]
     text_width = words.shape[1]
-    text_layers = len({m.group(1) for k in state_dict if (m := re.match(r"text_model\.encoder\.layer\.(\d+)\.", k))})
+    text_layers = len(contiguous_indices(state_dict, r"text_model\.encoder\.layer\.(\d+)\.", "RoBERTa layer"))
     text_config = {
         "model_type": "roberta", "vocab_size": words.shape[0], "hidden_size": text_width,
         "num_hidden_layers": text_layers, "num_attention_heads": text_width // 64,
@@ -120,39 +132,78 @@ def infer_vqa_config(state_dict: dict[str, torch.Tensor], id2label=None, image_s
         raise ValueError(f"The answer list has {len(id2label)} answers but the VQA head has {num_labels}")
     return FlorenceVQAConfig(
         vision_config=vision.to_dict(), text_config=text_config, hidden_size=hidden,
-        num_fusion_layers=len({m.group(1) for k in state_dict if (m := re.match(r"fusion\.text_layers\.(\d+)\.", k))}),
+        num_fusion_layers=len(contiguous_indices(state_dict, r"fusion\.text_layers\.(\d+)\.", "fusion layer")),
         num_attention_heads=hidden // 64,
         intermediate_size=state_dict["fusion.text_layers.0.fc1.weight"].shape[0],
         num_labels=num_labels, **({"id2label": id2label} if id2label else {}),
     )
 
 
-def convert_meter(checkpoint, id2label: dict[int, str] | None = None, image_size: int = 384):
+# METER's config names (Lightning `hyper_parameters`) and FlorenceVQAConfig's, for the fields checked.
+METER_ALIASES = {"num_fusion_layers": ("num_fusion_layers", "num_top_layer"), "hidden_size": ("hidden_size",),
+                 "num_labels": ("num_labels", "vqav2_label_size")}
+ROBERTA_LAYERS = {"roberta-base": 12, "roberta-large": 24}
+
+
+def meter_claims(tree, has_vqa_head: bool) -> dict:
+    """What METER's config (or a FlorenceVQAConfig dict) states: fusion depth and width, answers, the Swin size its
+    `vit` name gives, the RoBERTa depth its `tokenizer` name gives."""
+    claim = declared_fields(tree, METER_ALIASES)
+    if not has_vqa_head:
+        claim.pop("num_labels", None)  # a pretraining checkpoint's config still names the VQA answer count
+    claim.update({f"vision {k}": v for k, v in swin_size(str(declared_fields(tree, {"vit": ("vit",)}).get("vit", "")))
+                  .items()})
+    claim.update(declared_fields(tree, SWIN_ALIASES, ("vision_config",), "vision "))
+    tokenizer = str(declared_fields(tree, {"tokenizer": ("tokenizer",)}).get("tokenizer", ""))
+    if tokenizer.rsplit("/", 1)[-1] in ROBERTA_LAYERS:
+        claim["text num_hidden_layers"] = ROBERTA_LAYERS[tokenizer.rsplit("/", 1)[-1]]
+    claim.update(declared_fields(tree, {"num_hidden_layers": ("num_hidden_layers",)}, ("text_config",), "text "))
+    return claim
+
+
+def verify_meter(config, metadata: dict, source: str, expected: dict | None, has_vqa_head: bool,
+                 paired_blocks: bool) -> None:
+    inferred = {f"vision {k}": v for k, v in swin_architecture(config.vision_config).items()}
+    inferred.update({"text num_hidden_layers": config.text_config.num_hidden_layers,
+                     **{key: getattr(config, key) for key in METER_ALIASES}})
+    claims = [(f"{source}'s metadata", meter_claims(metadata, has_vqa_head)),
+              ("--config", meter_claims(expected or {}, has_vqa_head))]
+    verify_architecture("METER", inferred, claims,
+                        {"vision depths": config.vision_config.depths} if paired_blocks else None)
+
+
+def convert_meter(checkpoint, id2label: dict[int, str] | None = None, image_size: int = 384,
+                  expected: dict | None = None, paired_blocks: bool = True):
     """A `FlorenceForVQA` (VQA checkpoint) or `FlorenceForVisionLanguagePretraining` (pretraining checkpoint) holding
-    every weight of a METER Swin + RoBERTa checkpoint; fails naming any weight that does not map."""
-    raw = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
+    every weight of a METER Swin + RoBERTa checkpoint; fails naming any weight that does not map, odd Swin depths
+    (`paired_blocks`), or an architecture other than the one METER's `hyper_parameters` or `expected` state."""
+    raw, metadata = (checkpoint, {}) if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     check_variant(raw)
     state_dict = rename(raw)
     config = infer_vqa_config(state_dict, id2label, image_size)
-    model_class = FlorenceForVQA if "vqa_head.classifier.weight" in state_dict else FlorenceForVisionLanguagePretraining
+    has_vqa_head = "vqa_head.classifier.weight" in state_dict
+    verify_meter(config, metadata, "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint), expected,
+                 has_vqa_head, paired_blocks)
+    model_class = FlorenceForVQA if has_vqa_head else FlorenceForVisionLanguagePretraining
     model = model_class(config)
-    expected = set(model.state_dict())
+    expected_keys = set(model.state_dict())
     # A VQA fine-tuned checkpoint also carries its (unused) ITM/MLM heads; keep only what the model holds.
-    dropped = sorted(k for k in state_dict if k.startswith(("itm_head.", "mlm_head.")) and k not in expected)
+    dropped = sorted(k for k in state_dict if k.startswith(("itm_head.", "mlm_head.")) and k not in expected_keys)
     load_strict(model, {k: v for k, v in state_dict.items() if k not in dropped}, "METER (Swin + RoBERTa)")
     return model.eval(), dropped
 
 
 def main(argv=None):
-    parser = converter_parser(__doc__, FORMATS, "FlorenceForVQA")
+    parser = converter_parser(__doc__, FORMATS, "FlorenceForVQA", swin=True)
     parser.add_argument("--answers", help="METER's answer2label.json ({answer: index}) for id2label")
     parser.add_argument("--image-size", type=int, default=384, help="resolution recorded in the config")
     args = parser.parse_args(argv)
     id2label = None
     if args.answers:
         id2label = {int(index): answer for answer, index in json.loads(Path(args.answers).read_text()).items()}
-    model, dropped = convert_meter(args.checkpoint, id2label, args.image_size)
-    model.save_pretrained(args.output)
+    model, dropped = run_converter(lambda: convert_meter(args.checkpoint, id2label, args.image_size,
+                                                         expected_config(args.config), not args.unpaired_blocks))
+    write_converted(model, args.output, args.checkpoint)  # exits non-zero when nothing was written
     config = model.config
     print(f"Wrote {args.output}: {type(model).__name__}, Swin {config.vision_config.depths} + RoBERTa "
           f"{config.text_config.num_hidden_layers} layers, fusion {config.num_fusion_layers} x {config.hidden_size}, "

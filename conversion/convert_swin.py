@@ -1,9 +1,13 @@
 """Convert a Swin Transformer checkpoint (timm, official Swin / UniCL, mmdetection, or Transformers `SwinModel`) to a
 `FlorenceVisionModel` folder in Swin mode (`patch_embed="linear"`, `downsample="merge"`).
 
-The architecture is read from the tensor shapes, so no config is needed:
+The architecture is read from the tensor shapes and printed, then checked: a stage with an odd number of blocks (Swin
+blocks come in window / shifted-window pairs, so a block is missing) and any field that the checkpoint's own metadata
+(a folder's config.json, safetensors metadata, mmdet's config text) or `--config` (a JSON, a preset, `swin-t/s/b/l`)
+states differently are refused. Swin V2 checkpoints are refused by name:
 
-    python conversion/convert_swin.py --checkpoint swin_tiny_patch4_window7_224.pth --output coswin-swin-t
+    python conversion/convert_swin.py --checkpoint swin_tiny_patch4_window7_224.pth --output coswin-swin-t \
+        [--config swin-t]
 """
 
 import math
@@ -17,14 +21,15 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from conversion.checkpoint_io import (  # noqa: E402
-    check_declared,
     contiguous_indices,
     converter_parser,
-    folder_config,
-    load_state_dict,
+    declared_fields,
+    expected_config,
+    load_checkpoint,
     load_strict,
     run_converter,
     strip_prefix,
+    verify_architecture,
     write_converted,
 )
 from modeling_florence import FlorenceVisionConfig, FlorenceVisionModel  # noqa: E402
@@ -46,6 +51,12 @@ BLOCK_RENAMES = {
     "output.dense": "mlp.fc2",
 }
 QKV_NAMES = {"query": "q", "key": "k", "value": "v", "q_proj": "q", "k_proj": "k", "v_proj": "v"}
+# What a checkpoint's metadata may call the architecture fields (Transformers config.json, mmdet config text, ...).
+SWIN_ALIASES = {"embed_dim": ("embed_dim", "embed_dims"), "depths": ("depths",), "num_heads": ("num_heads",),
+                "window_size": ("window_size",)}
+# Swin V2 (continuous position bias MLP, cosine attention with a learned logit scale): not the CoSwin/Swin V1 layout.
+SWIN_V2_KEYS = re.compile(r"(cpb_mlp|continuous_position_bias_mlp|attn\.logit_scale|attention\.self\.logit_scale"
+                          r"|relative_coords_table)")
 # mmdetection / mmsegmentation Swin names -> official Swin names (the inverse of mmdet's `swin_converter`).
 MMDET_RENAMES = (
     (r"^patch_embed\.projection\.", "patch_embed.proj."),
@@ -61,6 +72,13 @@ UNFOLD_TO_SWIN = [0, 2, 1, 3]
 
 def detect_format(state_dict: dict[str, torch.Tensor]) -> str:
     keys = set(state_dict)
+    v2 = sorted(key for key in keys if SWIN_V2_KEYS.search(key))
+    if v2:
+        raise ValueError(
+            f"This is a Swin Transformer V2 checkpoint ({v2[0]}, ... : continuous position bias and cosine attention), "
+            "which Florence's Swin V1 / CoSwin tower cannot hold; convert a Swin V1 checkpoint (swin_tiny_patch4_"
+            "window7_224 and the like) instead"
+        )
     if any(k.startswith("image_encoder.") or k.startswith("visual.layers.") for k in keys):
         return "unicl"
     if "patch_embed.projection.weight" in keys:
@@ -198,23 +216,42 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> FlorenceVi
     return FlorenceVisionConfig(**config)
 
 
-def convert_swin(checkpoint: str | Path, source_format: str = "auto", **config_overrides) -> FlorenceVisionModel:
-    """Load a Swin checkpoint into a `FlorenceVisionModel`, failing loudly on any mismatch."""
-    state_dict, detected = to_florence_state_dict(load_state_dict(checkpoint), source_format)
+def swin_architecture(config) -> dict:
+    """The fields checked against a checkpoint's claims and printed."""
+    return {"embed_dim": config.embed_dim, "depths": list(config.depths), "num_heads": list(config.num_heads),
+            "window_size": config.window_size}
+
+
+def verify_swin(name: str, config, metadata: dict, source: str, expected: dict | None = None,
+                paired_blocks: bool = True, within: tuple[str, ...] = ()) -> None:
+    """Print the Swin architecture read from the weights and refuse odd depths or a field that the checkpoint's
+    metadata (looked up under `within`) or `expected` (`--config`) states differently."""
+    claims = [(f"{source}'s metadata", declared_fields(metadata, SWIN_ALIASES, within)), ("--config", expected or {})]
+    verify_architecture(name, swin_architecture(config), claims, {"depths": config.depths} if paired_blocks else None)
+
+
+def convert_swin(checkpoint: str | Path, source_format: str = "auto", expected: dict | None = None,
+                 paired_blocks: bool = True, **config_overrides) -> FlorenceVisionModel:
+    """Load a Swin checkpoint into a `FlorenceVisionModel`, failing loudly on any mismatch: weights that do not map,
+    a stage with an odd number of blocks (`paired_blocks`), or an architecture other than the one the checkpoint's
+    metadata (a folder's config.json, ...) or `expected` (e.g. `{"depths": [2, 2, 6, 2]}`) states."""
+    raw, metadata = load_checkpoint(checkpoint)
+    state_dict, detected = to_florence_state_dict(raw, source_format)
     config = infer_config(state_dict, **config_overrides)
-    check_declared(config, folder_config(checkpoint), ("embed_dim", "depths", "num_heads"), f"{checkpoint}/config.json")
+    verify_swin(f"Swin ({detected})", config, metadata, str(checkpoint), expected, paired_blocks)
     model = FlorenceVisionModel(config)
     load_strict(model, state_dict, f"Swin ({detected})")
     return model.eval()
 
 
 def main(argv=None):
-    parser = converter_parser(__doc__, FORMATS, "FlorenceVisionModel")
+    parser = converter_parser(__doc__, FORMATS, "FlorenceVisionModel", swin=True)
     parser.add_argument("--image-size", type=int, default=224, help="training resolution recorded in the config")
     parser.add_argument("--drop-path-rate", type=float, default=0.1, help="stochastic depth for later fine-tuning")
     args = parser.parse_args(argv)
     model = run_converter(
-        convert_swin, args.checkpoint, args.format, image_size=args.image_size, drop_path_rate=args.drop_path_rate
+        lambda: convert_swin(args.checkpoint, args.format, expected_config(args.config, "vision_config"),
+                             not args.unpaired_blocks, image_size=args.image_size, drop_path_rate=args.drop_path_rate)
     )
     write_converted(model, args.output, args.checkpoint)
     config = model.config

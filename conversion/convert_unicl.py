@@ -19,7 +19,14 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from conversion import convert_clip_text, convert_swin  # noqa: E402
-from conversion.checkpoint_io import converter_parser, load_state_dict, load_strict  # noqa: E402
+from conversion.checkpoint_io import (  # noqa: E402
+    converter_parser,
+    declared_fields,
+    expected_config,
+    load_checkpoint,
+    load_strict,
+    verify_architecture,
+)
 from modeling_florence import FlorenceConfig, FlorenceModel, FlorenceProcessor  # noqa: E402
 from modeling_florence.model_card import write_model_card  # noqa: E402
 
@@ -56,13 +63,33 @@ def split_checkpoint(state_dict: dict[str, torch.Tensor]):
     return vision, text, state_dict["image_projection"], state_dict["text_projection"], state_dict["logit_scale"]
 
 
-def convert_unicl(checkpoint: str | Path, image_size: int = 224, text_heads: int | None = None) -> FlorenceModel:
-    """Load a UniCL checkpoint into a `FlorenceModel`, failing loudly on anything that does not match."""
-    vision, text, image_projection, text_projection, logit_scale = split_checkpoint(load_state_dict(checkpoint))
+def verify_unicl(vision_config, text_config, metadata: dict, source: str, expected: dict | None,
+                 paired_blocks: bool) -> None:
+    """Print both towers' architectures and refuse odd Swin depths or a field that the checkpoint's metadata (UniCL's
+    `MODEL.IMAGE_ENCODER` / `MODEL.TEXT_ENCODER` config, a FlorenceConfig) or `expected` states differently."""
+    expected = expected or {}
+    inferred = {f"vision {k}": v for k, v in convert_swin.swin_architecture(vision_config).items()}
+    inferred.update({f"text {k}": v for k, v in convert_clip_text.text_architecture(text_config).items()})
+    claims = []
+    for claim_source, tree in ((f"{source}'s metadata", metadata), ("--config", expected)):
+        vision = declared_fields(tree, convert_swin.SWIN_ALIASES, ("image_encoder", "vision_config"), fallback=True)
+        text = declared_fields(tree, convert_clip_text.TEXT_ALIASES, ("text_encoder", "lang_encoder", "text_config"))
+        claims.append((claim_source, {**{f"vision {k}": v for k, v in vision.items()},
+                                      **{f"text {k}": v for k, v in text.items()}}))
+    verify_architecture("UniCL", inferred, claims, {"vision depths": vision_config.depths} if paired_blocks else None)
+
+
+def convert_unicl(checkpoint: str | Path, image_size: int = 224, text_heads: int | None = None,
+                  expected: dict | None = None, paired_blocks: bool = True) -> FlorenceModel:
+    """Load a UniCL checkpoint into a `FlorenceModel`, failing loudly on anything that does not match (including an
+    architecture other than the one its metadata or `expected`, a FlorenceConfig dict, states)."""
+    raw, metadata = load_checkpoint(checkpoint)
+    vision, text, image_projection, text_projection, logit_scale = split_checkpoint(raw)
     vision_state, _ = convert_swin.to_florence_state_dict(vision, "unicl")
     text_state, _ = convert_clip_text.to_florence_state_dict(text, "open_clip")
     vision_config = convert_swin.infer_config(vision_state, image_size=image_size)
     text_config = convert_clip_text.infer_config(text_state, num_attention_heads=text_heads, **UNICL_TEXT)
+    verify_unicl(vision_config, text_config, metadata, str(checkpoint), expected, paired_blocks)
     if image_projection.shape[0] != vision_config.hidden_size or text_projection.shape[0] != text_config.hidden_size:
         raise ValueError(
             f"Projection shapes {tuple(image_projection.shape)} / {tuple(text_projection.shape)} do not match the "
@@ -89,11 +116,12 @@ def convert_unicl(checkpoint: str | Path, image_size: int = 224, text_heads: int
 
 
 def main(argv=None) -> int:
-    parser = converter_parser(__doc__, ("auto",), "FlorenceModel")
+    parser = converter_parser(__doc__, ("auto",), "FlorenceModel", swin=True)
     parser.add_argument("--image-size", type=int, default=224, help="training resolution (UniCL: 224)")
     parser.add_argument("--text-heads", type=int, default=None, help="text attention heads (default: width / 64)")
     args = parser.parse_args(argv)
-    model = convert_unicl(args.checkpoint, image_size=args.image_size, text_heads=args.text_heads)
+    model = convert_unicl(args.checkpoint, image_size=args.image_size, text_heads=args.text_heads,
+                          expected=expected_config(args.config), paired_blocks=not args.unpaired_blocks)
     output = Path(args.output)
     model.save_pretrained(output)
     # UniCL normalises with ImageNet statistics; CLIP's resize + centre crop at the training resolution.

@@ -19,16 +19,25 @@ import re
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conversion.checkpoint_io import write_converted  # noqa: E402
+from conversion.checkpoint_io import (  # noqa: E402
+    contiguous_indices,
+    declared_fields,
+    expected_config,
+    load_checkpoint,
+    run_converter,
+    verify_architecture,
+    write_converted,
+)
+from conversion.convert_swin import SWIN_ALIASES  # noqa: E402
 from modeling_florence.configuration_florence_video import FlorenceVideoConfig, FlorenceVideoVisionConfig  # noqa: E402
 from modeling_florence.modeling_florence_video import (  # noqa: E402
     FlorenceForVideoClassification,
     FlorenceVideoVisionModel,
 )
+from modeling_florence.video_processing_florence import FlorenceVideoProcessor  # noqa: E402
 
 BLOCK_KEYS = {
     "norm1": "norm1",
@@ -128,10 +137,10 @@ def config_from_state_dict(state_dict: dict, **overrides) -> FlorenceVideoVision
     """Read the Video Swin architecture off converted tensor shapes."""
     patch = state_dict["embeddings.projection.weight"]
     embed_dim, num_channels = patch.shape[:2]
-    stages = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("stages.")})
+    stages = contiguous_indices(state_dict, r"stages\.(\d+)\.blocks\.", "stage")
     depths, num_heads, windows = [], [], []
     for stage in stages:
-        blocks = {int(k.split(".")[3]) for k in state_dict if k.startswith(f"stages.{stage}.blocks.")}
+        blocks = contiguous_indices(state_dict, rf"stages\.{stage}\.blocks\.(\d+)\.", f"block of stage {stage} numbered")
         depths.append(len(blocks))
         table = state_dict[f"stages.{stage}.blocks.0.attn.relative_position_bias_table"]
         num_heads.append(table.shape[1])
@@ -157,10 +166,38 @@ def config_from_state_dict(state_dict: dict, **overrides) -> FlorenceVideoVision
     return FlorenceVideoVisionConfig(**fields)
 
 
-def convert(state_dict: dict, **config_overrides):
-    """A Florence model holding the checkpoint's weights (classification model when it has a head)."""
+VIDEO_ALIASES = {**SWIN_ALIASES, "patch_size": ("patch_size",)}
+
+
+def verify_video_swin(config, metadata: dict, source: str, expected: dict | None, paired_blocks: bool) -> None:
+    """Print the architecture read from the weights; refuse odd depths or a field that the checkpoint's metadata
+    (mmaction's config text, ...) or `expected` (a Video CoSwin config dict, a Swin size) states differently."""
+    inferred = {"embed_dim": config.embed_dim, "depths": list(config.depths), "num_heads": list(config.num_heads),
+                "window_size": list(config.window_size), "patch_size": list(config.patch_size)}
+    claims = [(f"{source}'s metadata", declared_fields(metadata, VIDEO_ALIASES, ("vision_config", "backbone"),
+                                                       fallback=True)),
+              ("--config", declared_fields(expected or {}, VIDEO_ALIASES, ("vision_config",), fallback=True))]
+    verify_architecture("Video Swin", inferred, claims, {"depths": config.depths} if paired_blocks else None)
+
+
+def video_processor(config, num_frames: int | None = None) -> FlorenceVideoProcessor:
+    """The peers' test-time preprocessing (torchvision swin3d / mmaction2): short side 256, centre crop 224, ImageNet
+    statistics, the clip length the config records."""
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    vision = getattr(config, "vision_config", config)
+    return FlorenceVideoProcessor(num_frames=num_frames or vision.num_frames, size={"shortest_edge": 256},
+                                  crop_size={"height": 224, "width": 224}, image_mean=list(IMAGENET_DEFAULT_MEAN),
+                                  image_std=list(IMAGENET_DEFAULT_STD))
+
+
+def convert(state_dict: dict, metadata: dict | None = None, expected: dict | None = None, paired_blocks: bool = True,
+            source: str = "the checkpoint", **config_overrides):
+    """A Florence model holding the checkpoint's weights (classification model when it has a head); refuses odd
+    depths (`paired_blocks`) and an architecture other than the one `metadata` or `expected` states."""
     converted = convert_state_dict(state_dict)
     vision_config = config_from_state_dict(converted, **config_overrides)
+    verify_video_swin(vision_config, metadata or {}, source, expected, paired_blocks)
     head = {k[len("classifier."):]: converted.pop(k) for k in list(converted) if k.startswith("classifier.")}
     if head:
         model = FlorenceForVideoClassification(
@@ -180,17 +217,26 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="folder for save_pretrained (safetensors)")
     parser.add_argument("--window-size", type=int, nargs=3, default=None, help="t h w, if not inferable")
     parser.add_argument("--num-frames", type=int, default=None, help="training clip length to record in the config")
+    parser.add_argument("--config", default=None, help="the architecture the checkpoint should have, to refuse a "
+                        "mismatch: a config JSON, a preset name (florence-video-tiny) or a Swin size (swin-t/s/b/l)")
+    parser.add_argument("--unpaired-blocks", action="store_true", help="accept stages with an odd number of blocks")
     args = parser.parse_args(argv)
-    state_dict = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     overrides = {}
     if args.window_size:
         overrides["window_size"] = args.window_size
     if args.num_frames:
         overrides["num_frames"] = args.num_frames
-    model = convert(state_dict, **overrides)
+
+    def run():
+        state_dict, metadata = load_checkpoint(args.checkpoint)
+        return convert(state_dict, metadata, expected_config(args.config, "vision_config"), not args.unpaired_blocks,
+                       str(args.checkpoint), **overrides)
+
+    model = run_converter(run)
     write_converted(model, args.output, args.checkpoint)
+    video_processor(model.config, args.num_frames).save_pretrained(args.output)  # the video pipeline's input
     params = sum(p.numel() for p in model.parameters())
-    print(f"Wrote {type(model).__name__} ({params / 1e6:.1f}M parameters) to {args.output}")
+    print(f"Wrote {type(model).__name__} ({params / 1e6:.1f}M parameters) and its video processor to {args.output}")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,14 @@ from modeling_florence import (
     FlorenceDetectionConfig,
     FlorenceDetectionImageProcessor,
     FlorenceDetectionTokenizer,
+    FlorenceForImageClassification,
     FlorenceForVideoClassification,
+    FlorenceImageProcessor,
     FlorenceProcessor,
+    FlorenceVideoProcessor,
+    FlorenceVideoVisionModel,
+    FlorenceVisionBackbone,
+    FlorenceVisionModel,
 )
 from modeling_florence.model_card import load_results, write_model_card
 
@@ -43,7 +49,12 @@ MODEL_AUTO_CLASSES = (
     "AutoModelForVisualQuestionAnswering",
     "AutoModelForVideoClassification",
     "AutoModelForPreTraining",
+    "AutoModelForImageTextToText",
 )
+# Models whose inputs are pixels only: a folder of theirs may hold just its image (or video) processor, no tokenizer.
+IMAGE_ONLY_MODELS = (FlorenceForImageClassification, FlorenceVisionModel, FlorenceVisionBackbone)
+VIDEO_ONLY_MODELS = (FlorenceForVideoClassification, FlorenceVideoVisionModel)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja")
 
@@ -81,7 +92,7 @@ def saved_processor_class(model_dir: Path) -> type:
     path = model_dir / "processor_config.json"
     name = json.loads(path.read_text()).get("processor_class", "") if path.is_file() else ""
     candidate = getattr(modeling_florence, name, None)
-    return candidate if isinstance(candidate, type) and issubclass(candidate, FlorenceProcessor) else FlorenceProcessor
+    return candidate if isinstance(candidate, type) and issubclass(candidate, ProcessorMixin) else FlorenceProcessor
 
 
 def processing_parts(model_dir: Path, model_class: type, config) -> list:
@@ -100,6 +111,8 @@ def processing_parts(model_dir: Path, model_class: type, config) -> list:
             parts.append(FlorenceDetectionTokenizer.from_pretrained(model_dir) if saved
                          else FlorenceDetectionTokenizer.from_defaults())
         return parts
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        return [pixels_only_processor(model_dir, model_class)]
     processor = saved_processor_class(model_dir).from_pretrained(model_dir)
     if issubclass(model_class, FlorenceForVideoClassification):
         if getattr(processor, "video_processor", None) is None:
@@ -108,12 +121,31 @@ def processing_parts(model_dir: Path, model_class: type, config) -> list:
     return [processor]
 
 
+def pixels_only_processor(model_dir: Path, model_class: type):
+    """The image processor (an image classifier or tower saved as `finetune_classification.py` does) or video
+    processor (a converted Video Swin) of a folder without a tokenizer, which its pixel-only model does not need."""
+    if issubclass(model_class, VIDEO_ONLY_MODELS) and (model_dir / "video_preprocessor_config.json").is_file():
+        return FlorenceVideoProcessor.from_pretrained(model_dir)
+    if issubclass(model_class, IMAGE_ONLY_MODELS) and (model_dir / "preprocessor_config.json").is_file():
+        return FlorenceImageProcessor.from_pretrained(model_dir)
+    needs = "its video processor" if issubclass(model_class, VIDEO_ONLY_MODELS) else (
+        "its image processor" if issubclass(model_class, IMAGE_ONLY_MODELS) else "its processor (with the tokenizer)")
+    raise ValueError(f"{model_dir} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}) and no processor its "
+                     f"{model_class.__name__} can use alone: save the model with {needs}")
+
+
 def processing_classes(part) -> list[type]:
     """The classes whose module files a processing part needs (a processor: its own and its components')."""
     if not isinstance(part, ProcessorMixin):
         return [type(part)]
     components = (getattr(part, name, None) for name in ("image_processor", "video_processor", "tokenizer"))
-    return [type(part)] + [type(component) for component in components if component is not None]
+    # Transformers' own components (Florence-2's CLIPImageProcessor) load by name: no module file to ship.
+    return [type(part)] + [type(component) for component in components
+                           if component is not None and is_ours(type(component))]
+
+
+def is_ours(cls: type) -> bool:
+    return cls.__module__.split(".", 1)[0] == "modeling_florence"
 
 
 def image_processor_auto_map(image_processor) -> dict:
@@ -125,7 +157,7 @@ def write_auto_maps(output: Path, part) -> None:
     if isinstance(part, ProcessorMixin):
         def update(content: dict) -> None:
             content["auto_map"] = {"AutoProcessor": reference(type(part))}
-            if isinstance(content.get("image_processor"), dict):
+            if isinstance(content.get("image_processor"), dict) and is_ours(type(part.image_processor)):
                 content["image_processor"]["auto_map"] = image_processor_auto_map(part.image_processor)
             if isinstance(content.get("video_processor"), dict):
                 content["video_processor"]["auto_map"] = {"AutoVideoProcessor": reference(type(part.video_processor))}

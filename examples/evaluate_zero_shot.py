@@ -8,7 +8,6 @@ jsonl/csv of image-text pairs. Prints a table and writes the results as JSON.
         --pairs pairs.jsonl --text-column caption --output results.json
 """
 
-import argparse
 import json
 from pathlib import Path
 
@@ -23,11 +22,13 @@ from modeling_florence.evaluation_florence import (
     load_templates,
     zero_shot_classification,
 )
+from modeling_florence.recipe_florence import check_arguments
 from modeling_florence.shapes import build_classification, build_pairs
+from modeling_florence.training_florence import ArgumentParser, RawDescriptionHelpFormatter
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="folder with the saved model and processor")
     parser.add_argument("--image-folder", default=None, help="classification data: root/<class>/<image>")
     parser.add_argument("--pairs", default=None, help="jsonl or csv of image-text pairs for retrieval")
@@ -36,7 +37,12 @@ def main(argv=None):
     parser.add_argument("--templates", default=None, help="JSON list of prompt templates (default: shipped set)")
     parser.add_argument("--limit", type=int, default=1000, help="at most this many evaluation examples per task")
     parser.add_argument("--output", default=None, help="results JSON (default: <model>/eval_results.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     args = parser.parse_args(argv)
+    check_arguments(args, {"limit": {"low": 1}})
+    output = Path(args.output) if args.output else Path(args.model) / "eval_results.json"
+    if output.exists() and not args.overwrite:
+        parser.error(f"{output} exists (a fine-tuning run's results?): pass --output elsewhere, or --overwrite")
 
     model = AutoModel.from_pretrained(args.model).eval()
     processor = AutoProcessor.from_pretrained(args.model)
@@ -64,7 +70,6 @@ def main(argv=None):
         results.update(image_text_retrieval(model, processor, distinct["image"], distinct["text"]))
     results.update({"classes": float(len(names)), "retrieval_pairs": float(len(distinct))})
     print(format_table(results))
-    output = Path(args.output) if args.output else Path(args.model) / "eval_results.json"
     output.write_text(json.dumps(results, indent=2))
     print(f"Wrote {output}")
 

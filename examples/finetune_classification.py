@@ -13,15 +13,20 @@ with `with_transform`. Accuracy comes from the offline `TopKAccuracy` metric.
 The output folder loads with `AutoModelForImageClassification` and `pipeline("image-classification", model=...)`.
 """
 
-import argparse
 import json
 
 import modeling_florence  # noqa: F401  (registers the Florence model types)
-from modeling_florence.finetuning_florence import SHIFT_IDS, run_classification
+from modeling_florence.recipe_florence import check_arguments
+from modeling_florence.training_florence import ArgumentParser, RawDescriptionHelpFormatter
+from modeling_florence.training_florence_classification import SHIFT_IDS, run_classification
+
+RANGES = {"num_train": {"low": 1}, "num_test": {"low": 1}, "epochs": {"low": 0, "above": True},
+          "batch_size": {"low": 1},
+          "learning_rate": {"low": 0, "above": True}, "seed": {"low": 0}}
 
 
-def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="pretrained two-tower folder (or a classifier with --head)")
     parser.add_argument("--output", required=True, help="folder for the fine-tuned model and finetune_results.json")
     parser.add_argument("--head", default="zero-shot", choices=["zero-shot", "random", "keep"])
@@ -42,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    check_arguments(args, RANGES)
     mode = "linear_probe" if args.linear_probe else "full"
     learning_rate = args.learning_rate or (3e-3 if args.linear_probe else 1e-3)
     results = run_classification(

@@ -14,38 +14,42 @@ and AP small/medium/large (pycocotools). The output folder holds the model, imag
 vocabulary), `eval_results.json`, a model card and `predictions.png` (boxes drawn on held-out images).
 """
 
-import argparse
 import json
 import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torchvision.ops import box_convert
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 import modeling_florence as mf
-from modeling_florence.data_florence import load_coco_detection
-from modeling_florence.evaluation_florence_detection import coco_detection_metrics, object_feature
 from modeling_florence.model_card import write_model_card
+from modeling_florence.recipe_florence import check_arguments
+from modeling_florence.training_florence import (
+    ArgumentParser,
+    RawDescriptionHelpFormatter,
+    training_arguments,
+)
 from modeling_florence.training_florence_detection import (
+    HELD_OUT_CLASSES,
+    IGNORED_OUTPUTS,
     DetectionCollator,
-    add_colour_shape_classes,
+    OpenVocabularyCollator,
+    build_detector,
+    detection_data,
+    detection_optimizer,
+    draw_predictions,
     evaluate_detection,
-    predict,
+    make_compute_metrics,
 )
 
-logger = logging.getLogger("finetune_detection")
-# Colour-shape classes never seen as boxes in open-vocabulary training (one per colour, shapes varied).
-# Output fields Trainer leaves out of the predictions it hands to compute_metrics (which reads the other three).
-IGNORED_OUTPUTS = ["loss_dict", "feature_maps", "hidden_states", "attentions"]
-HELD_OUT_CLASSES = ("red star", "green hexagon", "blue cross", "yellow ring", "purple square", "orange circle",
-                    "pink triangle", "cyan diamond")
+RANGES = {"image_size": {"low": 1}, "num_train": {"low": 1}, "num_eval": {"low": 1}, "max_steps": {"low": 1},
+          "per_device_train_batch_size": {"low": 1}, "learning_rate": {"low": 0, "above": True},
+          "backbone_learning_rate": {"low": 0}, "save_steps": {"low": 1}, "seed": {"low": 0}}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=None, help="a pretrained FlorenceModel folder (e.g. outputs/florence-tiny-shapes)")
     parser.add_argument("--preset", default="florence-detection-tiny", help="detector preset (head sizes, ATSS settings)")
     parser.add_argument("--output", required=True)
@@ -64,103 +68,9 @@ def parse_args(argv=None):
     parser.add_argument("--save_steps", type=int, default=200)
     parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
-
-
-def build_detector(args, config_overrides: dict) -> mf.FlorenceForObjectDetection:
-    preset = mf.load_preset(args.preset)
-    head = {key: getattr(preset, key) for key in ("fpn_channels", "num_dyhead_blocks", "dyhead_norm_groups",
-                                                  "anchor_scale", "size_divisibility")}
-    head.update(config_overrides)
-    if args.base and Path(args.base).is_dir():
-        return mf.FlorenceForObjectDetection.from_florence(args.base, open_vocabulary=args.open_vocabulary, **head)
-    logger.warning("No pretrained Florence folder (--base %s): the detector starts from random weights", args.base)
-    if not args.open_vocabulary:
-        preset = mf.FlorenceDetectionConfig(**{**preset.to_dict(), "text_config": None, "projection_dim": None})
-    return mf.FlorenceForObjectDetection(mf.FlorenceDetectionConfig(**{**preset.to_dict(), **head}))
-
-
-def load_data(args):
-    """(train, eval) datasets, the class names and the objects' column holding the class index."""
-    if args.coco_train:
-        train = load_coco_detection(args.coco_train, args.coco_train_images)
-        evaluation = load_coco_detection(args.coco_eval, args.coco_eval_images)
-        return train, evaluation, object_feature(train, "category").names, "category"
-    data = mf.build_detection(num_train=args.num_train, num_validation=args.num_eval, num_test=0,
-                              image_size=args.image_size, seed=args.seed)
-    if not args.open_vocabulary:
-        return data["train"], data["validation"], list(mf.shapes.SHAPES), "category"
-    names = [f"{colour} {shape}" for colour in mf.shapes.COLOURS for shape in mf.shapes.SHAPES]
-    train, evaluation = (add_colour_shape_classes(data[split], names) for split in ("train", "validation"))
-    held_out = {names.index(name) for name in HELD_OUT_CLASSES}
-    # classes "never seen as boxes": training images holding any held-out object are dropped
-    train = train.filter(lambda row: not held_out & set(row["objects"]["colour_shape"]))
-    return train, evaluation, names, "colour_shape"
-
-
-class OpenVocabularyCollator(DetectionCollator):
-    """Adds the (frozen) class-name embeddings of the training classes to every batch."""
-
-    def __init__(self, processor, category_key, class_embeds):
-        super().__init__(processor, category_key)
-        self.class_embeds = class_embeds
-
-    def __call__(self, rows):
-        return {**super().__call__(rows), "class_embeds": self.class_embeds}
-
-
-def make_compute_metrics(processor):
-    """COCO mAP from Trainer's per-batch predictions `(logits, pred_boxes, centerness)` and DETR-format labels."""
-
-    def compute_metrics(evaluation):
-        images, annotations, results = [], [], []
-        for (logits, boxes, centerness), labels in zip(evaluation.predictions, evaluation.label_ids):
-            outputs = {"logits": torch.as_tensor(logits), "pred_boxes": torch.as_tensor(boxes),
-                       "centerness": torch.as_tensor(centerness)}
-            sizes = [tuple(int(v) for v in np.asarray(label["orig_size"])) for label in labels]
-            for label, size, found in zip(labels, sizes,
-                                          processor.post_process_object_detection(outputs, target_sizes=sizes)):
-                image_id = len(images)
-                images.append({"id": image_id, "height": size[0], "width": size[1]})
-                height, width = size
-                pixels = box_convert(torch.as_tensor(np.asarray(label["boxes"])).reshape(-1, 4), "cxcywh", "xywh")
-                pixels = pixels * torch.tensor([width, height, width, height])
-                for box, category in zip(pixels.tolist(), np.asarray(label["class_labels"]).tolist()):
-                    annotations.append({"id": len(annotations) + 1, "image_id": image_id, "bbox": box,
-                                        "category_id": int(category), "area": box[2] * box[3], "iscrowd": 0})
-                for box, score, category in zip(found["boxes"].tolist(), found["scores"].tolist(),
-                                                 found["labels"].tolist()):
-                    results.append({"image_id": image_id, "category_id": category, "score": score,
-                                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
-        categories = sorted({a["category_id"] for a in annotations} | {r["category_id"] for r in results})
-        ground_truth = {"images": images, "annotations": annotations,
-                        "categories": [{"id": c, "name": str(c)} for c in categories]}
-        return coco_detection_metrics(ground_truth, results)
-
-    return compute_metrics
-
-
-def draw_predictions(model, processor, dataset, names, path: Path, count: int = 6, **model_inputs) -> None:
-    """A PNG of held-out images with their predicted boxes and labels (score >= 0.3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = dataset.select(range(min(count, len(dataset))))
-    detections = predict(model, processor, rows, threshold=0.3, **model_inputs)
-    figure, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 3.3))
-    for axis, row, found in zip(np.atleast_1d(axes), rows, detections):
-        axis.imshow(row["image"])
-        axis.axis("off")
-        for (x0, y0, x1, y1), score, label in zip(found["boxes"].tolist(), found["scores"].tolist(),
-                                                  found["labels"].tolist()):
-            axis.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", linewidth=1.5))
-            axis.text(x0, y0 - 1, f"{names[label]} {score:.2f}", color="black", fontsize=6,
-                      bbox={"facecolor": "lime", "pad": 0.5, "linewidth": 0})
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    args = parser.parse_args(argv)
+    check_arguments(args, RANGES)
+    return args
 
 
 def main(argv=None) -> dict:
@@ -168,7 +78,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     output = Path(args.output)
-    train, evaluation, names, category_key = load_data(args)
+    train, evaluation, names, category_key = detection_data(args)
     model = build_detector(args, {"num_labels": len(names), "id2label": dict(enumerate(names))})
     processor = mf.FlorenceDetectionImageProcessor.from_detection_config(
         model.config, size={"shortest_edge": args.image_size, "longest_edge": args.image_size * 2}
@@ -182,17 +92,14 @@ def main(argv=None) -> dict:
         class_inputs = {"class_embeds": model.class_embeddings.clone()}
         collator = OpenVocabularyCollator(processor, category_key, model.class_embeddings.clone())
 
-    backbone = [p for n, p in model.named_parameters() if n.startswith("vision_model.") and p.requires_grad]
-    head = [p for n, p in model.named_parameters() if not n.startswith("vision_model.") and p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": backbone, "lr": args.backbone_learning_rate},
-                                   {"params": head, "lr": args.learning_rate}], weight_decay=1e-4)
-    training_args = TrainingArguments(
-        output_dir=str(output), max_steps=args.max_steps, per_device_train_batch_size=args.per_device_train_batch_size,
+    optimizer = detection_optimizer(model, args.learning_rate, args.backbone_learning_rate)
+    training_args = training_arguments(
+        output, max_steps=args.max_steps, per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_train_batch_size, learning_rate=args.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=min(50, args.max_steps // 10), max_grad_norm=1.0,
         logging_steps=25, save_steps=args.save_steps, save_total_limit=2, eval_strategy="no",
-        remove_unused_columns=False, eval_do_concat_batches=False, dataloader_num_workers=0,
-        report_to=[], seed=args.seed, use_cpu=not torch.cuda.is_available(),
+        eval_do_concat_batches=False, seed=args.seed,
+        ddp_find_unused_parameters=args.open_vocabulary,  # the text tower sits out when class_embeds are given use_cpu=not torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
                       data_collator=collator, compute_metrics=make_compute_metrics(processor),

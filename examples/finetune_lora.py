@@ -13,12 +13,17 @@ Retrieval (`--task retrieval`): `FlorenceModel` with the UniCL loss, LoRA on bot
 Load the adapter back with `PeftModel.from_pretrained(base_model, folder)` or Transformers' `model.load_adapter(folder)`.
 """
 
-import argparse
 import json
 from pathlib import Path
 
 import modeling_florence  # noqa: F401  (registers the Florence model types)
-from modeling_florence.finetuning_florence import SHIFT_IDS, run_classification, run_retrieval
+from modeling_florence.recipe_florence import check_arguments, check_number
+from modeling_florence.training_florence import ArgumentParser, RawDescriptionHelpFormatter
+from modeling_florence.training_florence_classification import SHIFT_IDS, run_classification, run_retrieval
+
+RANGES = {"r": {"low": 1}, "num_train": {"low": 1}, "num_test": {"low": 1}, "epochs": {"low": 0, "above": True},
+          "batch_size": {"low": 1}, "learning_rate": {"low": 0, "above": True},
+          "full_learning_rate": {"low": 0, "above": True}, "seed": {"low": 0}}
 
 
 def table(rows: list[dict]) -> str:
@@ -33,7 +38,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="pretrained two-tower folder (model + processor)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--task", default="classification", choices=["classification", "retrieval"])
@@ -51,6 +56,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="repeat the runs over these seeds (one folder each) and average the comparison")
     args = parser.parse_args(argv)
+    check_arguments(args, RANGES)
+    for seed in args.seeds or []:
+        check_number("--seeds", seed, low=0, integer=True)
     output = Path(args.output)
 
     if args.task == "retrieval":

@@ -11,18 +11,23 @@ train exactly like one process with N * b. Held-out retrieval R@1/5/10 is report
     python examples/finetune_retrieval.py --model DIR --data jsonl --pairs_file pairs.jsonl --output ...
 """
 
-import argparse
 import json
 import os
 
 import torch
 
 import modeling_florence  # noqa: F401  (registers the Florence model types)
-from modeling_florence.finetuning_florence import run_retrieval
+from modeling_florence.recipe_florence import check_arguments
+from modeling_florence.training_florence import ArgumentParser, RawDescriptionHelpFormatter
+from modeling_florence.training_florence_classification import run_retrieval
+
+RANGES = {"num_train": {"low": 1}, "num_test": {"low": 1}, "batch_size": {"low": 1},
+          "epochs": {"low": 0, "above": True},
+          "max_steps": {"low": -1, "nonzero": True}, "learning_rate": {"low": 0, "above": True}, "seed": {"low": 0}}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="pretrained two-tower folder (model + processor)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--data", default="shapes", choices=["shapes", "jsonl", "csv"])
@@ -37,6 +42,7 @@ def main(argv=None):
     parser.add_argument("--no_eval", action="store_true", help="skip the held-out retrieval evaluation")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    check_arguments(args, RANGES)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
     results = run_retrieval(
         args.model, args.output, data=args.data, num_train=args.num_train, num_test=args.num_test,

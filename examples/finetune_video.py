@@ -27,106 +27,40 @@ are square, so their 3 crops coincide unless `--resize` is larger than `--image-
         --image-model outputs/florence-tiny-shapes --output outputs/my-video-classifier --image-size 64
 """
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from modeling_florence import (  # noqa: E402
-    FlorenceForVideoClassification,
-    FlorenceModel,
-    FlorenceProcessor,
-    FlorenceVideoConfig,
-    FlorenceVideoModel,
-    build_video,
-    load_preset,
-    text_labels,
-)
-from modeling_florence.data_florence import load_video_folder  # noqa: E402
-from modeling_florence.model_card import write_model_card  # noqa: E402
-from modeling_florence.evaluation_florence import TopKAccuracy, format_table  # noqa: E402
-from modeling_florence.evaluation_florence_video import (  # noqa: E402
+from modeling_florence import FlorenceModel, FlorenceProcessor, FlorenceVideoModel, load_preset
+from modeling_florence.evaluation_florence import format_table
+from modeling_florence.evaluation_florence_video import video_text_retrieval, zero_shot_video_classification
+from modeling_florence.model_card import write_model_card
+from modeling_florence.recipe_florence import check_arguments
+from modeling_florence.training_florence import ArgumentParser, RawDescriptionHelpFormatter
+from modeling_florence.training_florence_video import (
+    VideoTextDataset,
     VideoViewsCollator,
     VideoViewsDataset,
+    accuracy_metric,
+    folder_video_data,
     preprocess_videos,
-    video_text_retrieval,
-    zero_shot_video_classification,
+    shapes_video_data,
+    video_classifier,
+    video_training_arguments,
 )
-from modeling_florence.shapes import ACTIONS  # noqa: E402
+
+RANGES = {"test_fraction": {"low": 0, "high": 1, "above": True}, "num_train": {"low": 1}, "num_test": {"low": 1},
+          "image_size": {"low": 1}, "resize": {"low": 1}, "num_frames": {"low": 1}, "video_frames": {"low": 1},
+          "frame_stride": {"low": 0}, "eval_clips": {"low": 1}, "batch_size": {"low": 1},
+          "video_text_epochs": {"low": 0}, "classification_epochs": {"low": 0, "above": True},
+          "learning_rate": {"low": 0, "above": True}, "threads": {"low": 1}, "seed": {"low": 0}}
 
 
-class VideoTextDataset(torch.utils.data.Dataset):
-    """Preprocessed clips with tokenised captions and UniCL labels (equal captions are positives)."""
-
-    def __init__(self, pixel_values, text_inputs, captions):
-        self.pixel_values, self.text_inputs, self.labels = pixel_values, text_inputs, text_labels(captions)
-
-    def __len__(self):
-        return len(self.pixel_values)
-
-    def __getitem__(self, index):
-        return {"pixel_values": self.pixel_values[index], "input_ids": self.text_inputs["input_ids"][index],
-                "attention_mask": self.text_inputs["attention_mask"][index], "labels": self.labels[index]}
-
-
-def load_data(args) -> tuple[dict, list[str]]:
-    """`{"train"|"test": {"videos", "labels", "captions"}}` and the class names, from Shapes video or a folder."""
-    if args.data == "shapes":
-        data = build_video(num_train=args.num_train, num_validation=0, num_test=args.num_test,
-                           image_size=args.image_size, num_frames=args.video_frames, seed=args.seed)
-        splits = {name: {"videos": data[name]["frames"], "labels": data[name]["label"],
-                         "captions": data[name]["caption"]} for name in ("train", "test")}
-        return splits, list(ACTIONS)
-    if not args.video_folder or not args.labels_csv:
-        parser().error("--data folder needs --video-folder and --labels-csv")
-    train = load_video_folder(args.video_folder, args.labels_csv)
-    names = train.features["label"].names
-    if args.test_csv:
-        test = load_video_folder(args.video_folder, args.test_csv)
-        unknown = sorted(set(test.features["label"].names) - set(names))
-        if unknown:
-            raise ValueError(f"{args.test_csv} has labels the training csv lacks: {unknown}")
-        test_names = test.features["label"].names
-        test_labels = [names.index(test_names[label]) for label in test["label"]]
-    else:
-        split = train.train_test_split(test_size=args.test_fraction, seed=args.seed)
-        train, test = split["train"], split["test"]
-        test_labels = test["label"]
-    splits = {"train": {"videos": train["video"], "labels": train["label"], "captions": train["caption"]},
-              "test": {"videos": test["video"], "labels": test_labels, "captions": test["caption"]}}
-    return splits, names
-
-
-def training_args(output: Path, name: str, args, epochs: float, eval_batch_size: int = 8) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(output / "trainer" / name), per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=eval_batch_size, num_train_epochs=epochs, learning_rate=args.learning_rate,
-        weight_decay=0.05, warmup_steps=0.1, lr_scheduler_type="cosine", logging_steps=10, save_strategy="no",
-        eval_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=args.seed, max_grad_norm=1.0,
-        disable_tqdm=True, remove_unused_columns=False, label_names=["labels"],
-    )
-
-
-def accuracy_metric(num_classes: int):
-    """`compute_metrics` for `Trainer`: top-1 (and top-5 with at least 5 classes) accuracy (%) of per-video logits."""
-    ks = (1, 5) if num_classes >= 5 else (1,)
-
-    def compute(eval_prediction) -> dict[str, float]:
-        logits = eval_prediction.predictions
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        return TopKAccuracy(keep_in_memory=True).compute(
-            predictions=logits.tolist(), references=eval_prediction.label_ids.tolist(), ks=ks)
-
-    return compute
-
-
-def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--image-model", default="outputs/florence-tiny-shapes",
                         help="pretrained FlorenceModel folder to inflate, or 'none' for random florence-video-tiny "
                              "weights (a smoke test: no zero-shot meaning)")
@@ -156,17 +90,8 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> dict[str, float]:
-    args = parser().parse_args(argv)
-    args.video_frames = args.video_frames or 2 * args.num_frames
-    if args.frame_stride is None:
-        args.frame_stride = 1 if args.data == "shapes" else 0
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    start, output = time.perf_counter(), Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-
-    # 1. inflate (or build from scratch for a smoke test)
+def build_models(args):
+    """The video-text model (inflated from `--image-model`, or random for a smoke test) and its processor."""
     windows = load_preset("florence-video-tiny").vision_config.window_sizes
     if args.image_model == "none":
         config = load_preset("florence-video-tiny")
@@ -183,80 +108,95 @@ def main(argv=None) -> dict[str, float]:
     video_processor.frame_stride = args.frame_stride or None
     video_processor.size = {"shortest_edge": args.resize or args.image_size}
     video_processor.crop_size = {"height": args.image_size, "width": args.image_size}
+    return model, processor
 
-    # data: one centre view per training video; single-view and multi-view copies of the held-out videos
-    data, class_names = load_data(args)
-    views = args.eval_clips * args.eval_crops
-    train_clips = preprocess_videos(video_processor, data["train"]["videos"])
-    test_clips = preprocess_videos(video_processor, data["test"]["videos"])
-    test_views = preprocess_videos(video_processor, data["test"]["videos"], args.eval_clips, args.eval_crops)
-    train_labels, test_labels = data["train"]["labels"], data["test"]["labels"]
-    captions = data["train"]["captions"]
+
+def load_clips(args, video_processor):
+    """Data, one centre view per training video, single- and multi-view copies of the held-out videos."""
+    if args.data == "shapes":
+        data, names = shapes_video_data(args.num_train, args.num_test, args.image_size, args.video_frames, args.seed)
+    else:
+        data, names = folder_video_data(args.video_folder, args.labels_csv, args.test_csv, args.test_fraction,
+                                        args.seed)
+    clips = {"train": preprocess_videos(video_processor, data["train"]["videos"]),
+             "test": preprocess_videos(video_processor, data["test"]["videos"]),
+             "views": preprocess_videos(video_processor, data["test"]["videos"], args.eval_clips, args.eval_crops)}
+    return data, names, clips
+
+
+def evaluate(args, model, processor, trainer, data, names, clips) -> dict:
+    """Multi-view (the Trainer's eval dataset) and single-view accuracy, zero-shot after, text-video recall."""
+    test_labels = data["test"]["labels"]
     first = {}
     for index, caption in enumerate(data["test"]["captions"]):
         first.setdefault(caption, index)
     distinct = sorted(first.values())
-    print(f"data: {len(train_clips)} training videos, {len(test_clips)} held-out ({views} views each, "
-          f"{len(distinct)} distinct captions), {time.perf_counter() - start:.0f} s")
-
-    # 2. zero-shot before fine-tuning
-    results = {}
-    model.eval()
-    results["zero_shot_top1_before"] = zero_shot_video_classification(
-        model, processor, test_clips, test_labels, class_names)["top1"]
-
-    # 3. video-text fine-tuning (UniCL)
-    if args.video_text_epochs > 0:
-        model.train()
-        text_inputs = processor(text=list(captions), return_tensors="pt")
-        Trainer(model=model, args=training_args(output, "video-text", args, args.video_text_epochs),
-                train_dataset=VideoTextDataset(train_clips, text_inputs, captions)).train()
-        model.eval()
-        print(f"video-text fine-tuning done, {time.perf_counter() - start:.0f} s")
-
-    # 4. classification on the fine-tuned tower
-    config = FlorenceVideoConfig(vision_config=model.config.vision_config.to_dict(),
-                                 id2label=dict(enumerate(class_names)),
-                                 label2id={name: index for index, name in enumerate(class_names)})
-    classifier = FlorenceForVideoClassification(config)
-    classifier.vision_model.load_state_dict(model.vision_model.state_dict())
-    trainer = Trainer(
-        model=classifier,
-        args=training_args(output, "classification", args, args.classification_epochs,
-                           eval_batch_size=max(1, args.batch_size // views)),
-        train_dataset=VideoViewsDataset(train_clips, train_labels),
-        eval_dataset=VideoViewsDataset(test_views, test_labels, num_views=views),
-        data_collator=VideoViewsCollator(),
-        compute_metrics=accuracy_metric(len(class_names)),
-    )
-    trainer.train()
-    print(f"classification fine-tuning done, {time.perf_counter() - start:.0f} s")
-
-    # 5. held-out evaluation: multi-view (the Trainer's eval dataset), then the single centre view
-    metrics = trainer.evaluate()
-    results["top1"] = metrics["eval_top1"]
-    results["eval_views"] = float(views)
-    results["single_view_top1"] = trainer.evaluate(VideoViewsDataset(test_clips, test_labels),
+    results = {"top1": trainer.evaluate()["eval_top1"], "eval_views": float(args.eval_clips * args.eval_crops)}
+    results["single_view_top1"] = trainer.evaluate(VideoViewsDataset(clips["test"], test_labels),
                                                    metric_key_prefix="single_view")["single_view_top1"]
     results["zero_shot_top1_after"] = zero_shot_video_classification(
-        model, processor, test_clips, test_labels, class_names)["top1"]
+        model, processor, clips["test"], test_labels, names)["top1"]
     if len(distinct) > 1:
-        results.update(video_text_retrieval(model, processor, test_clips[distinct],
+        results.update(video_text_retrieval(model, processor, clips["test"][distinct],
                                             [data["test"]["captions"][i] for i in distinct]))
         results["retrieval_pairs"] = float(len(distinct))
-    results["held_out_videos"] = float(len(test_clips))
+    results["held_out_videos"] = float(len(clips["test"]))
+    return results
 
-    # 6. save
+
+def save(output: Path, classifier, model, processor, results) -> None:
     classifier.save_pretrained(output)
     processor.save_pretrained(output)
     model.save_pretrained(output / "video-text")
     processor.save_pretrained(output / "video-text")
-    results["wall_time_s"] = time.perf_counter() - start
     (output / "eval_results.json").write_text(json.dumps(results, indent=2))
     classification = {key: results[key] for key in ("top1", "single_view_top1", "zero_shot_top1_before")}
     write_model_card(output, model_name=output.name, results={"video-classification": classification})
     retrieval = {key: value for key, value in results.items() if "R@" in key or key.startswith("zero_shot")}
     write_model_card(output / "video-text", model_name=f"{output.name}-video-text", results={"video-text": retrieval})
+
+
+def main(argv=None) -> dict[str, float]:
+    args = parser().parse_args(argv)
+    check_arguments(args, RANGES)
+    args.video_frames = args.video_frames or 2 * args.num_frames
+    if args.frame_stride is None:
+        args.frame_stride = 1 if args.data == "shapes" else 0
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    start, output = time.perf_counter(), Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    model, processor = build_models(args)
+    data, names, clips = load_clips(args, processor.video_processor)
+    views = args.eval_clips * args.eval_crops
+    print(f"data: {len(clips['train'])} training videos, {len(clips['test'])} held-out ({views} views each), "
+          f"{time.perf_counter() - start:.0f} s")
+    model.eval()
+    before = zero_shot_video_classification(model, processor, clips["test"], data["test"]["labels"], names)["top1"]
+    if args.video_text_epochs > 0:  # video-text fine-tuning (UniCL)
+        model.train()
+        captions = list(data["train"]["captions"])
+        arguments = video_training_arguments(output / "trainer" / "video-text", args.batch_size,
+                                             args.video_text_epochs, args.learning_rate, args.seed)
+        Trainer(model=model, args=arguments, train_dataset=VideoTextDataset(
+            clips["train"], processor(text=captions, return_tensors="pt"), captions)).train()
+        model.eval()
+        print(f"video-text fine-tuning done, {time.perf_counter() - start:.0f} s")
+    classifier = video_classifier(model, names)
+    trainer = Trainer(
+        model=classifier,
+        args=video_training_arguments(output / "trainer" / "classification", args.batch_size,
+                                      args.classification_epochs, args.learning_rate, args.seed,
+                                      eval_batch_size=max(1, args.batch_size // views)),
+        train_dataset=VideoViewsDataset(clips["train"], data["train"]["labels"]),
+        eval_dataset=VideoViewsDataset(clips["views"], data["test"]["labels"], num_views=views),
+        data_collator=VideoViewsCollator(), compute_metrics=accuracy_metric(len(names)),
+    )
+    trainer.train()
+    print(f"classification fine-tuning done, {time.perf_counter() - start:.0f} s")
+    results = {"zero_shot_top1_before": before, **evaluate(args, model, processor, trainer, data, names, clips)}
+    results["wall_time_s"] = time.perf_counter() - start
+    save(output, classifier, model, processor, results)
     print(format_table(results))
     print(f"saved to {output} (classifier, pipeline-ready) and {output / 'video-text'} (FlorenceVideoModel)")
     return results

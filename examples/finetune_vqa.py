@@ -11,196 +11,72 @@ baseline (the best a model that never looks at the image can do: the most freque
 question), and saves the model, its processor, `eval_results.json` and a model card.
 """
 
-import argparse
 import json
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 import modeling_florence as mf
-from modeling_florence.evaluation_florence_vqa import VQAAccuracy
 from modeling_florence.model_card import write_model_card
-from modeling_florence.pretraining_florence import bf16_on_this_cpu, fused_adamw
-from modeling_florence.processing_florence_vqa import mask_tokens
+from modeling_florence.recipe_florence import check_arguments
+from modeling_florence.training_florence import (
+    ArgumentParser,
+    RawDescriptionHelpFormatter,
+    resolve_bf16,
+    training_arguments,
+)
+from modeling_florence.training_florence_vqa import (
+    FUSION_FIELDS,
+    MLMCollator,
+    attention_kernels,
+    blind_baseline,
+    cache_image_features,
+    feature_collator,
+    make_compute_metrics,
+    optimizer_for,
+    preprocess,
+    trim_padding,
+    vqa_data,
+)
 
-FUSION_FIELDS = ("hidden_size", "num_fusion_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-                 "hidden_dropout_prob", "attention_probs_dropout_prob", "vision_feature_stages",
-                 "image_position_embeddings")
-
-
-class TensorDataset(torch.utils.data.Dataset):
-    """Pre-processed examples (tensors of equal shapes), served as dicts the default collator stacks."""
-
-    def __init__(self, columns: dict[str, torch.Tensor]):
-        self.columns = columns
-
-    def __len__(self):
-        return len(next(iter(self.columns.values())))
-
-    def __getitem__(self, index):
-        return {key: value[index] for key, value in self.columns.items()}
-
-
-def load_data(args):
-    """(train, test) datasets with `image`, `question`, `question_type`, `answers` columns."""
-    if args.data == "shapes":
-        data = mf.build_vqa(num_train=args.num_train, num_validation=0, num_test=args.num_test,
-                            image_size=args.shapes_image_size, seed=args.seed)
-        return data["train"], data["test"]
-    from modeling_florence.data_florence import load_vqav2
-
-    full = load_vqav2(args.questions, args.annotations, args.images, split=args.split)
-    split = full.train_test_split(test_size=args.num_test, seed=args.seed)
-    return split["train"], split["test"]
+RANGES = {"num_train": {"low": 1}, "num_test": {"low": 1}, "shapes_image_size": {"low": 1}, "image_size": {"low": 1},
+          "top_answers": {"low": 1}, "steps": {"low": 1}, "batch_size": {"low": 1},
+          "learning_rate": {"low": 0, "above": True}, "tower_lr_scale": {"low": 0}, "image_tower_lr_scale": {"low": 0},
+          "pretrain_steps": {"low": 0}, "mask_token_id": {"low": 0}, "eval_every": {"low": 0}, "seed": {"low": 0}}
 
 
-def preprocess(dataset, processor, max_length: int = 32, batch_size: int = 256) -> TensorDataset:
-    """Images, questions (padded to one length) and soft labels of a whole split, processed once."""
-    columns = defaultdict(list)
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset[start : start + batch_size]
-        out = processor(text=rows["question"], images=rows["image"], answers=rows["answers"], padding="max_length",
-                        max_length=max_length)
-        out["pixel_values"] = out["pixel_values"].half()  # half the memory; the image tower casts to its dtype
-        for key in ("pixel_values", "input_ids", "attention_mask", "labels"):
-            columns[key].append(out[key])
-    return TensorDataset({key: torch.cat(values) for key, values in columns.items()})
-
-
-def trim_padding(*datasets: TensorDataset) -> tuple[TensorDataset, ...]:
-    """Drop the padding columns no question of any split uses (fewer text tokens, faster fusion)."""
-    length = max(int(dataset.columns["attention_mask"].sum(1).max()) for dataset in datasets)
-    for dataset in datasets:
-        for key in ("input_ids", "attention_mask"):
-            dataset.columns[key] = dataset.columns[key][:, :length]
-    return datasets
-
-
-def cache_image_features(model, *datasets: TensorDataset, batch_size: int = 256) -> None:
-    """Frozen image tower: replace each split's `pixel_values` by the tower's output (`image_hidden_states`: the
-    tokens of every `vision_feature_stages` entry), computed once, so training steps run the text tower, fusion and
-    head only. Several stages are stored as columns `image_hidden_states.<i>`, reassembled by `feature_collator`."""
-    model.vision_model.requires_grad_(False).eval()
-    for dataset in datasets:
-        pixels, features = dataset.columns.pop("pixel_values"), []
-        for start in range(0, len(pixels), batch_size):
-            output = model.get_image_hidden_states(pixels[start : start + batch_size].float())
-            features.append([output] if isinstance(output, torch.Tensor) else list(output))
-        for stage, stage_features in enumerate(zip(*features)):
-            dataset.columns[f"image_hidden_states.{stage}"] = torch.cat(stage_features).half()
-
-
-def feature_collator(rows: list[dict]) -> dict:
-    """Stacks rows; the cached stage features (`image_hidden_states.<i>`) become one `image_hidden_states` tuple."""
-    batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
-    stages = sorted((key for key in batch if key.startswith("image_hidden_states.")),
-                    key=lambda key: int(key.rsplit(".")[1]))
-    if stages:
-        batch["image_hidden_states"] = tuple(batch.pop(key) for key in stages)
-    return batch
-
-
-def blind_baseline(train, test) -> dict[str, float]:
-    """Accuracy of answering every question with its most frequent training answer (unseen questions: the most
-    frequent answer of the question type): what a question-only model converges to at best."""
-    per_question, per_type = defaultdict(Counter), defaultdict(Counter)
-    for question, kind, answers in zip(train["question"], train["question_type"], train["answers"]):
-        per_question[question].update(mf.normalize_answer(a) for a in answers)
-        per_type[kind].update(mf.normalize_answer(a) for a in answers)
-    predictions = [
-        (per_question.get(q) or per_type[k]).most_common(1)[0][0] for q, k in zip(test["question"], test["question_type"])
-    ]
-    return VQAAccuracy(keep_in_memory=True).compute(
-        predictions=predictions, references=test["answers"], question_types=test["question_type"]
+def vqa_training_arguments(args, output: Path, steps: int, eval_every: int = 0):
+    return training_arguments(
+        output, max_steps=steps, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=256,
+        learning_rate=args.learning_rate, weight_decay=0.01, warmup_steps=int(0.1 * steps), lr_scheduler_type="cosine",
+        logging_steps=max(1, steps // 10), save_strategy="no", eval_strategy="steps" if eval_every else "no",
+        eval_steps=eval_every or None, use_cpu=not torch.cuda.is_available(), seed=args.seed, disable_tqdm=True,
+        max_grad_norm=1.0, bf16=args.bf16,
     )
 
 
-def make_compute_metrics(test, vocabulary):
-    def compute_metrics(prediction):
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        answers = [vocabulary[i] for i in np.asarray(logits).argmax(-1)]
-        return VQAAccuracy(keep_in_memory=True).compute(
-            predictions=answers, references=test["answers"], question_types=test["question_type"]
-        )
-
-    return compute_metrics
-
-
-def training_arguments(args, output: Path, steps: int, learning_rate: float, eval_every: int = 0) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(output), max_steps=steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=256, learning_rate=learning_rate, weight_decay=0.01, warmup_steps=int(0.1 * steps),
-        lr_scheduler_type="cosine", logging_steps=max(1, steps // 10), save_strategy="no",
-        eval_strategy="steps" if eval_every else "no", eval_steps=eval_every or None,
-        report_to=[], dataloader_num_workers=0, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-        seed=args.seed, disable_tqdm=True, max_grad_norm=1.0, bf16=args.bf16,
-    )
-
-
-class MLMCollator:
-    """Stacks pairs and masks their texts for MLM (the CLIP vocabulary has no mask token: `mask_token_id` stands in)."""
-
-    def __init__(self, mask_token_id: int, vocab_size: int, special_ids):
-        self.mask_token_id, self.vocab_size, self.special_ids = mask_token_id, vocab_size, tuple(special_ids)
-
-    def __call__(self, rows):
-        batch = {key: torch.stack([row[key] for row in rows]) for key in ("pixel_values", "input_ids", "attention_mask")}
-        batch["input_ids"], batch["mlm_labels"] = mask_tokens(
-            batch["input_ids"], batch["attention_mask"], self.mask_token_id, self.vocab_size, self.special_ids
-        )
-        return batch
-
-
-def optimizer_for(model, learning_rate: float, tower_lr_scale: float, image_tower_lr_scale: float | None = None,
-                  weight_decay: float = 0.01):
-    """AdamW with the pretrained towers at `tower_lr_scale` x the learning rate of the new fusion layers and head
-    (METER trains its heads and fusion faster than the unimodal encoders; `image_tower_lr_scale`, when given, for the
-    image tower alone); no decay on biases and norms; the fused kernel where the device has one."""
-    scales = {"vision_model.": tower_lr_scale if image_tower_lr_scale is None else image_tower_lr_scale,
-              "text_model.": tower_lr_scale}
-    groups = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        scale = next((value for prefix, value in scales.items() if name.startswith(prefix)), 1.0)
-        decay = parameter.ndim > 1 and "embedding" not in name
-        groups.setdefault((scale, decay), []).append(parameter)
-    return fused_adamw([
-        {"params": params, "lr": learning_rate * scale, "weight_decay": weight_decay if decay else 0.0}
-        for (scale, decay), params in groups.items()
-    ], lr=learning_rate)
-
-
-def attention_kernels(args) -> str:
-    return args.attn_implementation or ("sdpa" if torch.cuda.is_available() else "eager")
-
-
-def pretrain_fusion(args, model_kwargs, train_pairs: TensorDataset, output: Path, tokenizer):
+def pretrain_fusion(args, model_kwargs, train_pairs, output: Path, tokenizer):
     """ITM (hard negatives) + MLM on the training images paired with their questions; returns the folder."""
     if args.florence:
         model = mf.FlorenceForVisionLanguagePretraining.from_florence(args.florence, **model_kwargs)
     else:
         model = mf.FlorenceForVisionLanguagePretraining(mf.load_preset(args.preset, **model_kwargs))
     model.config.mask_token_id = args.mask_token_id
-    model.set_attn_implementation(attention_kernels(args))
-    trainer = Trainer(
-        model=model, args=training_arguments(args, output / "pretraining", args.pretrain_steps, args.learning_rate),
-        train_dataset=train_pairs,
-        data_collator=MLMCollator(args.mask_token_id, model.config.text_config.vocab_size,
-                                  (tokenizer.bos_token_id, tokenizer.eos_token_id)),
-    )
+    model.set_attn_implementation(attention_kernels(args.attn_implementation))
+    collator = MLMCollator(args.mask_token_id, model.config.text_config.vocab_size,
+                           (tokenizer.bos_token_id, tokenizer.eos_token_id))
+    trainer = Trainer(model=model, args=vqa_training_arguments(args, output / "pretraining", args.pretrain_steps),
+                      train_dataset=train_pairs, data_collator=collator)
     trainer.train()
     folder = output / "pretraining" / "final"
     model.save_pretrained(folder)
     return folder
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--florence", help="pretrained FlorenceModel folder (e.g. outputs/florence-tiny-shapes)")
     parser.add_argument("--preset", default="florence-vqa-tiny", help="fusion preset (towers too, without --florence)")
     parser.add_argument("--output", required=True)
@@ -231,21 +107,12 @@ def main(argv=None):
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: at the end only)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.bf16 and not torch.cuda.is_available() and not bf16_on_this_cpu():
-        print("--bf16: this CPU has no bf16 units (bf16 would be slower than fp32): training in fp32")
-        args.bf16 = False
-    start = time.perf_counter()
-    torch.manual_seed(args.seed)
-    output = Path(args.output)
+    check_arguments(args, RANGES)
+    args.bf16 = resolve_bf16(args.bf16)
+    return args
 
-    train, test = load_data(args)
-    vocabulary = mf.build_answer_vocabulary(train["answers"], top_n=args.top_answers)
-    processor = mf.FlorenceVQAProcessor.from_defaults(image_size=args.image_size, answer_vocabulary=vocabulary)
-    train_set, test_set = trim_padding(preprocess(train, processor), preprocess(test, processor))
-    print(f"{len(train_set)} training / {len(test_set)} test questions, {len(vocabulary)} answers, answers outside "
-          f"the vocabulary dropped: {processor.answer_counts['dropped']} of "
-          f"{sum(processor.answer_counts.values())} ({time.perf_counter() - start:.0f}s)")
 
+def build_model(args, vocabulary, train_set, processor, output: Path):
     preset = mf.load_preset(args.preset)
     fusion = {field: getattr(preset, field) for field in FUSION_FIELDS}
     labels = {"id2label": dict(enumerate(vocabulary)), "label2id": {a: i for i, a in enumerate(vocabulary)}}
@@ -257,19 +124,46 @@ def main(argv=None):
     else:
         print("No --florence folder: the towers start from their init (random weights).")
         model = mf.FlorenceForVQA(mf.load_preset(args.preset, **labels))
+    model.set_attn_implementation(attention_kernels(args.attn_implementation))
+    return model
 
-    model.set_attn_implementation(attention_kernels(args))
+
+def print_table(metrics, blind, train_seconds, wall, output) -> None:
+    kinds = sorted(key.removeprefix("accuracy_") for key in metrics if key != "accuracy")
+    print("\nheld-out VQA accuracy (%, official)\n")
+    print(f"{'question type':<14} | {'model':>6} | {'blind':>6}")
+    print(f"{'-' * 14}-|--------|-------")
+    for kind in kinds:
+        print(f"{kind:<14} | {metrics[f'accuracy_{kind}']:6.2f} | {blind[f'accuracy_{kind}']:6.2f}")
+    print(f"{'overall':<14} | {metrics['accuracy']:6.2f} | {blind['accuracy']:6.2f}")
+    print(f"\ntraining {train_seconds:.0f}s, wall {wall:.0f}s; saved model and processor to {output}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    output = Path(args.output)
+
+    train, test = vqa_data(args.data, args.num_train, args.num_test, args.shapes_image_size, args.seed,
+                           args.questions, args.annotations, args.images, args.split)
+    vocabulary = mf.build_answer_vocabulary(train["answers"], top_n=args.top_answers)
+    processor = mf.FlorenceVQAProcessor.from_defaults(image_size=args.image_size, answer_vocabulary=vocabulary)
+    train_set, test_set = trim_padding(preprocess(train, processor), preprocess(test, processor))
+    print(f"{len(train_set)} training / {len(test_set)} test questions, {len(vocabulary)} answers, answers outside "
+          f"the vocabulary dropped: {processor.answer_counts['dropped']} of "
+          f"{sum(processor.answer_counts.values())} ({time.perf_counter() - start:.0f}s)")
+    model = build_model(args, vocabulary, train_set, processor, output)
     if args.freeze_image_tower:
         cache_start = time.perf_counter()
         cache_image_features(model, train_set, test_set)
         print(f"image tower frozen: features of {len(train_set) + len(test_set)} images computed once "
               f"({time.perf_counter() - cache_start:.0f}s)")
     pretrained = args.florence or args.pretrain_steps
-    tower_lr_scale = args.tower_lr_scale if pretrained else 1.0
-    image_tower_lr_scale = args.image_tower_lr_scale if pretrained else None
-    optimizer = optimizer_for(model, args.learning_rate, tower_lr_scale, image_tower_lr_scale)
+    optimizer = optimizer_for(model, args.learning_rate, args.tower_lr_scale if pretrained else 1.0,
+                              args.image_tower_lr_scale if pretrained else None)
     trainer = Trainer(
-        model=model, args=training_arguments(args, output / "trainer", args.steps, args.learning_rate, args.eval_every),
+        model=model, args=vqa_training_arguments(args, output / "trainer", args.steps, args.eval_every),
         train_dataset=train_set, eval_dataset=test_set, compute_metrics=make_compute_metrics(test, vocabulary),
         data_collator=feature_collator, optimizers=(optimizer, None),
     )
@@ -287,15 +181,7 @@ def main(argv=None):
                "wall_seconds": round(wall, 1)}
     (output / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_model_card(output, model_name=output.name, results={"vqa": metrics})
-
-    kinds = sorted(key.removeprefix("accuracy_") for key in metrics if key != "accuracy")
-    print("\nheld-out VQA accuracy (%, official)\n")
-    print(f"{'question type':<14} | {'model':>6} | {'blind':>6}")
-    print(f"{'-' * 14}-|--------|-------")
-    for kind in kinds:
-        print(f"{kind:<14} | {metrics[f'accuracy_{kind}']:6.2f} | {blind[f'accuracy_{kind}']:6.2f}")
-    print(f"{'overall':<14} | {metrics['accuracy']:6.2f} | {blind['accuracy']:6.2f}")
-    print(f"\ntraining {train_seconds:.0f}s, wall {wall:.0f}s; saved model and processor to {output}")
+    print_table(metrics, blind, train_seconds, wall, output)
     return results
 
 

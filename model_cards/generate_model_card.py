@@ -1,7 +1,9 @@
 """Write a Hub model card (README.md with metadata) for a saved Florence model folder.
 
 Architecture facts (towers, sizes, parameter count) are read from the folder, evaluation figures only from a results
-JSON (as written by `make demo` or examples/evaluate_zero_shot.py), so a card never claims what was not measured.
+JSON (as written by `make demo` or examples/evaluate_zero_shot.py), so a card never claims what was not measured;
+counts in it (classes, retrieval pairs) are shown as the evaluation's setup, not published as metrics. A LoRA adapter
+folder gets an adapter card (pass --base-model when its adapter_config.json does not name the base model).
 The demo, the converters and the Hub export write their cards themselves (`modeling_florence.model_card`):
 
     python model_cards/generate_model_card.py outputs/florence-tiny-shapes --model-name you/florence-tiny-shapes \
@@ -11,7 +13,7 @@ The demo, the converters and the Hub export write their cards themselves (`model
 import argparse
 from pathlib import Path
 
-from modeling_florence.model_card import write_model_card
+from modeling_florence.model_card import write_finetune_card
 
 
 def main(argv=None) -> Path:
@@ -23,8 +25,9 @@ def main(argv=None) -> Path:
     parser.add_argument("--base-model", default=None, help="the checkpoint this model was converted or tuned from")
     parser.add_argument("--license", default="apache-2.0")
     args = parser.parse_args(argv)
-    path = write_model_card(args.model_dir, model_name=args.model_name, results=args.results, datasets=args.dataset,
-                            base_model=args.base_model, license=args.license)
+    # A PEFT adapter folder (adapter_config.json) gets an adapter card naming its base model; any other the model's.
+    path = write_finetune_card(args.model_dir, results=args.results, base_model=args.base_model,
+                               model_name=args.model_name, datasets=args.dataset, license=args.license)
     print(f"Wrote {path}")
     return path
 

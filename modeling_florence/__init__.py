@@ -54,16 +54,22 @@ from .modeling_florence import (
 )
 from .processing_florence import FlorenceProcessor, clean_text, default_tokenizer_path, text_label, text_labels
 from .tokenization_florence import FlorenceTokenizer
-from .shapes import (
-    build_classification,
-    build_detection,
-    build_pairs,
-    build_video,
-    build_vqa,
-    class_names,
-    vqa_score,
-    vqa_soft_scores,
-)
+# Shapes is imported on first use (`mf.build_detection`), not here: `python -m modeling_florence.shapes` runs the
+# module as __main__, and an earlier import by this package would make runpy warn about it.
+_SHAPES_NAMES = ("build_classification", "build_detection", "build_pairs", "build_video", "build_vqa", "class_names",
+                 "vqa_score", "vqa_soft_scores")
+
+
+def __getattr__(name: str):
+    if name in _SHAPES_NAMES:
+        from . import shapes
+
+        return getattr(shapes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_SHAPES_NAMES])
 from .video_processing_florence import FlorenceVideoProcessor, decode_video
 from .configuration_florence_video import FlorenceVideoConfig, FlorenceVideoVisionConfig
 from .modeling_florence_video import (
@@ -84,6 +90,7 @@ from .modeling_florence_detection import (
 )
 from .modeling_florence_classification import FlorenceForImageClassification, check_class_names
 from .peft_florence import default_lora_config
+from .pipelines_florence import register_pipelines
 from .configuration_florence_vqa import FlorenceVQAConfig
 from .modeling_florence_vqa import (
     FlorenceForVisionLanguagePretraining,
@@ -101,6 +108,22 @@ from .processing_florence_vqa import (
     post_process_vqa,
 )
 
+from .configuration_florence_generation import FlorenceDaViTConfig, FlorenceGenerationConfig
+from .modeling_florence_generation import (
+    FlorenceDaViTBackbone,
+    FlorenceForConditionalGeneration,
+    FlorenceGenerationModel,
+    FlorenceGenerationPreTrainedModel,
+)
+from .processing_florence_generation import (
+    FlorenceGenerationProcessor,
+    FlorenceGenerationTokenizer,
+    count_partial_objects,
+    dequantize,
+    location_text,
+    quantize,
+)
+
 __version__ = "0.1.0"
 
 
@@ -108,33 +131,31 @@ def _register_auto_classes() -> None:
     """Register every Florence model type with the Auto classes (configs, models, processors, tokenizers), so saved
     folders load through `Auto*.from_pretrained` and the pipelines; one section per model family."""
     image_processors = {"torchvision": FlorenceImageProcessor, "pil": FlorenceImageProcessorPil}
-    # Two-tower model and its towers.
-    for config_class in (FlorenceVisionConfig, FlorenceTextConfig, FlorenceConfig):
+    # Two-tower models (image and video) and their towers.
+    for config_class in (FlorenceVisionConfig, FlorenceTextConfig, FlorenceConfig, FlorenceVideoVisionConfig,
+                         FlorenceVideoConfig):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    AutoModel.register(FlorenceVisionConfig, FlorenceVisionModel, exist_ok=True)
-    AutoModel.register(FlorenceTextConfig, FlorenceTextModel, exist_ok=True)
-    AutoModel.register(FlorenceConfig, FlorenceModel, exist_ok=True)
-    AutoModelForZeroShotImageClassification.register(FlorenceConfig, FlorenceModel, exist_ok=True)
-    AutoBackbone.register(FlorenceVisionConfig, FlorenceVisionBackbone, exist_ok=True)
+    for auto_class, config_class, model_class in (
+        (AutoModel, FlorenceVisionConfig, FlorenceVisionModel),
+        (AutoModel, FlorenceTextConfig, FlorenceTextModel),
+        (AutoModel, FlorenceConfig, FlorenceModel),
+        (AutoModelForZeroShotImageClassification, FlorenceConfig, FlorenceModel),
+        (AutoBackbone, FlorenceVisionConfig, FlorenceVisionBackbone),
+        (AutoModel, FlorenceVideoVisionConfig, FlorenceVideoVisionModel),
+        (AutoModel, FlorenceVideoConfig, FlorenceVideoModel),
+        (AutoModelForVideoClassification, FlorenceVideoConfig, FlorenceForVideoClassification),
+    ):
+        auto_class.register(config_class, model_class, exist_ok=True)
     # A two-tower folder also gives a backbone (its image tower and `vision_config`, see
     # `FlorenceVisionBackbone.from_pretrained`); `register` insists on the backbone's own config class, so map it here.
     AutoBackbone._model_mapping.register(FlorenceConfig, FlorenceVisionBackbone, exist_ok=True)
     for config_class in (FlorenceConfig, FlorenceVisionConfig):
         AutoImageProcessor.register(config_class, image_processor_classes=image_processors, exist_ok=True)
-    AutoVideoProcessor.register(FlorenceConfig, FlorenceVideoProcessor, exist_ok=True)
-    AutoProcessor.register(FlorenceConfig, FlorenceProcessor, exist_ok=True)
-    for config_class in (FlorenceConfig, FlorenceTextConfig):
+    for config_class in (FlorenceConfig, FlorenceVideoConfig):
+        AutoVideoProcessor.register(config_class, FlorenceVideoProcessor, exist_ok=True)
+        AutoProcessor.register(config_class, FlorenceProcessor, exist_ok=True)
+    for config_class in (FlorenceConfig, FlorenceTextConfig, FlorenceVideoConfig):
         AutoTokenizer.register(config_class, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
-
-    # Video CoSwin, inflated from the image model.
-    for config_class in (FlorenceVideoVisionConfig, FlorenceVideoConfig):
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    AutoModel.register(FlorenceVideoVisionConfig, FlorenceVideoVisionModel, exist_ok=True)
-    AutoModel.register(FlorenceVideoConfig, FlorenceVideoModel, exist_ok=True)
-    AutoModelForVideoClassification.register(FlorenceVideoConfig, FlorenceForVideoClassification, exist_ok=True)
-    AutoVideoProcessor.register(FlorenceVideoConfig, FlorenceVideoProcessor, exist_ok=True)
-    AutoProcessor.register(FlorenceVideoConfig, FlorenceProcessor, exist_ok=True)
-    AutoTokenizer.register(FlorenceVideoConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
     # Name the towers and the backbone where Transformers lists its own base models (`AutoModel.register` does not),
     # so generic code (Trainer checks, the common model tests) knows they return features, not a loss.
     MODEL_MAPPING_NAMES.setdefault(FlorenceVisionConfig.model_type, FlorenceVisionModel.__name__)
@@ -166,6 +187,26 @@ def _register_auto_classes() -> None:
     AutoProcessor.register(FlorenceVQAConfig, FlorenceVQAProcessor, exist_ok=True)
     AutoTokenizer.register(FlorenceVQAConfig, fast_tokenizer_class=FlorenceTokenizer, exist_ok=True)
     MODEL_MAPPING_NAMES.setdefault(FlorenceVQAConfig.model_type, FlorenceFusionModel.__name__)
+
+    # Florence-2 generation (DaViT or CoSwin tower on Transformers' Florence-2 classes).
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    AutoConfig.register(FlorenceGenerationConfig.model_type, FlorenceGenerationConfig, exist_ok=True)
+    # Its DaViT as a backbone (from a backbone, DaViT generation or Transformers florence2 folder).
+    AutoConfig.register(FlorenceDaViTConfig.model_type, FlorenceDaViTConfig, exist_ok=True)
+    AutoModel.register(FlorenceDaViTConfig, FlorenceDaViTBackbone, exist_ok=True)
+    AutoBackbone.register(FlorenceDaViTConfig, FlorenceDaViTBackbone, exist_ok=True)
+    AutoBackbone._model_mapping.register(FlorenceGenerationConfig, FlorenceDaViTBackbone, exist_ok=True)
+    MODEL_FOR_BACKBONE_MAPPING_NAMES.setdefault(FlorenceDaViTConfig.model_type, FlorenceDaViTBackbone.__name__)
+    AutoModel.register(FlorenceGenerationConfig, FlorenceGenerationModel, exist_ok=True)
+    AutoModelForImageTextToText.register(FlorenceGenerationConfig, FlorenceForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(FlorenceGenerationConfig, FlorenceGenerationProcessor, exist_ok=True)
+    AutoTokenizer.register(FlorenceGenerationConfig, fast_tokenizer_class=FlorenceGenerationTokenizer, exist_ok=True)
+    MODEL_MAPPING_NAMES.setdefault(FlorenceGenerationConfig.model_type, FlorenceGenerationModel.__name__)
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.setdefault(
+        FlorenceGenerationConfig.model_type, FlorenceForConditionalGeneration.__name__
+    )
 
 
 def _list_pipeline_models() -> None:
@@ -210,3 +251,4 @@ def _load_local_backbone_folders() -> None:
 _register_auto_classes()
 _list_pipeline_models()
 _load_local_backbone_folders()
+register_pipelines()  # Florence models' pipeline inputs go through image_loading_florence

@@ -72,6 +72,24 @@ def check_overrides(config, overrides: dict, where: str = "overrides") -> None:
             check_overrides(getattr(config, key), value, f"{where}.{key}")
 
 
+def check_window_tower_fields(config) -> None:
+    """The field checks CoSwin and Video CoSwin configs share: the variants, one depth and one head count per stage,
+    a positive `mlp_ratio`. Raises a `ValueError` naming the offending field."""
+    if config.patch_embed not in PATCH_EMBED_CHOICES:
+        raise ValueError(f"patch_embed must be one of {PATCH_EMBED_CHOICES}, got {config.patch_embed!r}")
+    if config.downsample not in DOWNSAMPLE_CHOICES:
+        raise ValueError(f"downsample must be one of {DOWNSAMPLE_CHOICES}, got {config.downsample!r}")
+    if len(config.depths) != len(config.num_heads):
+        raise ValueError(
+            f"depths and num_heads must have the same length (one entry per stage), got depths={config.depths} "
+            f"and num_heads={config.num_heads}"
+        )
+    if len(config.depths) == 0 or any(d < 1 for d in config.depths):
+        raise ValueError(f"depths must list at least one stage, each with >= 1 block, got {config.depths}")
+    if config.mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio must be positive, got {config.mlp_ratio}")
+
+
 class FlorenceVisionConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of the CoSwin image encoder ([`FlorenceVisionModel`]).
@@ -159,24 +177,12 @@ class FlorenceVisionConfig(BackboneConfigMixin, PreTrainedConfig):
 
     def check_fields(self):
         """Reject shapes that cannot build a model with a `ValueError` naming the offending field."""
-        if self.patch_embed not in PATCH_EMBED_CHOICES:
-            raise ValueError(f"patch_embed must be one of {PATCH_EMBED_CHOICES}, got {self.patch_embed!r}")
-        if self.downsample not in DOWNSAMPLE_CHOICES:
-            raise ValueError(f"downsample must be one of {DOWNSAMPLE_CHOICES}, got {self.downsample!r}")
-        if len(self.depths) != len(self.num_heads):
-            raise ValueError(
-                f"depths and num_heads must have the same length (one entry per stage), got depths={self.depths} "
-                f"and num_heads={self.num_heads}"
-            )
-        if len(self.depths) == 0 or any(d < 1 for d in self.depths):
-            raise ValueError(f"depths must list at least one stage, each with >= 1 block, got {self.depths}")
+        check_window_tower_fields(self)
         if any(heads < 1 for heads in self.num_heads):
             raise ValueError(f"num_heads must be positive integers, got {self.num_heads}")
         for name in ("embed_dim", "window_size", "patch_size", "num_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
 
 
 class FlorenceTextConfig(PreTrainedConfig):

@@ -10,10 +10,14 @@ merging: `"conv"` is Florence's 3-D convolutional embedding and merging, `"linea
 
 from transformers import PreTrainedConfig
 
-from .configuration_florence import FlorenceTextConfig, check_config_kwargs
+from .configuration_florence import (
+    DOWNSAMPLE_CHOICES,
+    PATCH_EMBED_CHOICES,
+    FlorenceTextConfig,
+    check_config_kwargs,
+    check_window_tower_fields,
+)
 
-PATCH_EMBED_CHOICES = ("conv", "linear")
-DOWNSAMPLE_CHOICES = ("conv", "merge")
 WINDOW_BIAS_CHOICES = ("subtable", "truncated")
 
 
@@ -107,19 +111,9 @@ class FlorenceVideoVisionConfig(PreTrainedConfig):
 
     def check_fields(self):
         """Reject values that cannot build a model with a `ValueError` naming the offending field."""
-        if self.patch_embed not in PATCH_EMBED_CHOICES:
-            raise ValueError(f"patch_embed must be one of {PATCH_EMBED_CHOICES}, got {self.patch_embed!r}")
-        if self.downsample not in DOWNSAMPLE_CHOICES:
-            raise ValueError(f"downsample must be one of {DOWNSAMPLE_CHOICES}, got {self.downsample!r}")
+        check_window_tower_fields(self)
         if self.window_bias not in WINDOW_BIAS_CHOICES:
             raise ValueError(f"window_bias must be one of {WINDOW_BIAS_CHOICES}, got {self.window_bias!r}")
-        if len(self.depths) != len(self.num_heads):
-            raise ValueError(
-                f"depths and num_heads must have the same length (one entry per stage), got depths={self.depths} "
-                f"and num_heads={self.num_heads}"
-            )
-        if len(self.depths) == 0 or any(d < 1 for d in self.depths):
-            raise ValueError(f"depths must list at least one stage, each with >= 1 block, got {self.depths}")
         for stage, (dim, heads) in enumerate(zip(self.stage_dims, self.num_heads)):
             if heads < 1 or dim % heads != 0:
                 raise ValueError(
@@ -134,8 +128,6 @@ class FlorenceVideoVisionConfig(PreTrainedConfig):
                 f"temporal_kernel_size must be odd (the merging keeps the number of frames), got "
                 f"{self.temporal_kernel_size}"
             )
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
 
 
 class FlorenceVideoConfig(PreTrainedConfig):

@@ -34,7 +34,8 @@ class FlorenceVQAConfig(PreTrainedConfig):
         itm_hard_negatives: sample ITM negatives in proportion to the in-batch similarities (ALBEF/METER style)
             rather than uniformly.
         vision_feature_stages: the CoSwin stages (1-based, ascending, ending with the last) whose tokens enter the
-            fusion. None (METER): the last stage only, i.e. the tower's `last_hidden_state`. Earlier stages add finer
+            fusion. None (METER): the last stage only, i.e. the tower's `last_hidden_state` (resolved to `[last]` when
+            the config is built). `image_feature_stages` is a deprecated alias of this field. Earlier stages add finer
             tokens (e.g. `[3, 4]`: 4x4 + 2x2 tokens of a 64 px image instead of 2x2), each through its own LayerNorm +
             Linear to the fusion width; small images and questions about where things are need them.
         image_position_embeddings: add fixed 2D sine-cosine embeddings of each image token's centre (coordinates on
@@ -44,6 +45,8 @@ class FlorenceVQAConfig(PreTrainedConfig):
 
     model_type = "florence_vqa"
     sub_configs = {"vision_config": FlorenceVisionConfig, "text_config": AutoConfig}
+    # Deprecated alias (one release): `image_feature_stages` reads and writes `vision_feature_stages`.
+    attribute_map = {"image_feature_stages": "vision_feature_stages"}
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -115,13 +118,10 @@ class FlorenceVQAConfig(PreTrainedConfig):
                     f"last ({last}), got {stages!r}"
                 )
             self.vision_feature_stages = list(stages)
+        else:
+            self.vision_feature_stages = [len(self.vision_config.depths)]
         if self.image_position_embeddings and self.hidden_size % 4:
             raise ValueError(f"image_position_embeddings needs a hidden_size divisible by 4, got {self.hidden_size}")
-
-    @property
-    def image_feature_stages(self) -> list[int]:
-        """The stages whose tokens enter the fusion (`vision_feature_stages`, or the last stage only)."""
-        return self.vision_feature_stages or [len(self.vision_config.depths)]
 
     @property
     def answers(self) -> list[str]:

@@ -316,9 +316,14 @@ def load_video_folder(
     """Videos listed in a csv (path relative to `root`, label, optional caption).
 
     With `decode=False` the `video` column holds file paths (FlorenceVideoProcessor decodes them); with
-    `decode=True` the clips are decoded now into `num_frames` uniformly sampled `frames`, as in Shapes video."""
+    `decode=True` the clips are decoded now into `num_frames` uniformly sampled `frames`, as in Shapes video.
+    Either way each video is checked through the processor's bounded decoder (`decode_video` with a sampler): frames
+    are counted by demuxing, decoded only up to the last sampled one, and only the `num_frames` sampled frames become
+    RGB, so a long video costs a few frames of memory, not all of them."""
     from .video_processing_florence import decode_video, uniform_indices
 
+    if not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
     rows = [row for _, row in _table_rows(Path(labels_csv), "csv")]
     if not rows:
         raise ValueError(f"{labels_csv} holds no rows")
@@ -329,13 +334,14 @@ def load_video_folder(
     counter = SkipCounter(str(labels_csv), strict)
     for row in rows:
         path = Path(root) / row[path_column]
-        try:
-            frames = decode_video(path)
+        try:  # the processor's bounded path: demux to count, decode up to the last sampled frame, convert only those
+            frames = decode_video(path, lambda total: uniform_indices(total, num_frames),
+                                  min_side=None if decode else 1)  # validation only: sampled frames scaled to 2 px
         except (ValueError, FileNotFoundError) as error:
             counter.skip(str(path), "unreadable video", error)
             continue
         if decode:
-            columns["frames"].append([PILImage.fromarray(frame) for frame in frames[uniform_indices(len(frames), num_frames)]])
+            columns["frames"].append([PILImage.fromarray(frame) for frame in frames])
         else:
             columns["video"].append(str(path))
         columns["label"].append(names.index(row[label_column]))

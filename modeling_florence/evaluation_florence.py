@@ -7,35 +7,11 @@ embeddings, as in CLIP and UniCL. Zero-shot accuracy is an `evaluate` metric (`T
 than loaded with `evaluate.load("accuracy")`, which fetches its script from the Hub and so fails offline.
 """
 
-import json
-from pathlib import Path
-
 import datasets
 import evaluate
 import torch
 
-from .configuration_florence import presets_dir
-
-
-def load_templates(path: str | Path | None = None) -> list[str]:
-    """Prompt templates from a JSON list (default: the shipped `zero_shot_templates.json`)."""
-    path = Path(path) if path is not None else presets_dir() / "zero_shot_templates.json"
-    templates = json.loads(Path(path).read_text())
-    if not isinstance(templates, list) or not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
-        raise ValueError(f"{path} must hold a non-empty JSON list of strings, each with one '{{}}' for the class name")
-    return templates
-
-
-@torch.no_grad()
-def encode_texts(model, processor, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised projected text features `(N, D)`."""
-    device = next(model.parameters()).device
-    features = []
-    for start in range(0, len(texts), batch_size):
-        inputs = processor(text=texts[start : start + batch_size])
-        text_inputs = {key: inputs[key].to(device) for key in ("input_ids", "attention_mask")}
-        features.append(model.get_text_features(**text_inputs).pooler_output)
-    return torch.nn.functional.normalize(torch.cat(features).float(), dim=-1)
+from .zero_shot_florence import encode_texts, load_templates, zero_shot_classifier  # noqa: F401  (re-exported)
 
 
 @torch.no_grad()
@@ -48,14 +24,6 @@ def encode_images(model, processor, images: list, batch_size: int = 256) -> torc
         pixel_values = processor(images=images[start : start + batch_size])["pixel_values"]
         features.append(model.get_image_features(pixel_values.to(device, dtype)).pooler_output)
     return torch.nn.functional.normalize(torch.cat(features).float(), dim=-1)
-
-
-@torch.no_grad()
-def zero_shot_classifier(model, processor, class_names: list[str], templates: list[str]) -> torch.Tensor:
-    """`(classes, D)` class embeddings: each the renormalised mean over templates."""
-    prompts = [template.format(name) for name in class_names for template in templates]
-    embeddings = encode_texts(model, processor, prompts).view(len(class_names), len(templates), -1)
-    return torch.nn.functional.normalize(embeddings.mean(dim=1), dim=-1)
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:

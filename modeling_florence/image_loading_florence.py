@@ -91,7 +91,10 @@ def resolve_source(source, allow_urls: bool = False, kind: str = "image"):
 
 
 def check_pixels(width: int, height: int, max_pixels: int | None, name: str = "Image") -> None:
-    """Refuse a `width` x `height` image over `max_pixels` (None: no limit) with a `ValueError` naming both."""
+    """Refuse an empty image (a side of 0) and a `width` x `height` image over `max_pixels` (None: no limit) with a
+    `ValueError` naming both."""
+    if width < 1 or height < 1:
+        raise ValueError(f"{name} is {width}x{height}: an image needs at least one pixel on each side")
     if max_pixels is not None and width * height > max_pixels:
         raise ValueError(
             f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of max_image_pixels="

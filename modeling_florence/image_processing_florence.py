@@ -84,11 +84,9 @@ def decode_side(size, do_resize: bool) -> int | None:
     return max(sides) if sides else None
 
 
-class FlorenceImageProcessorDefaults:
-    """Settings and bounded, mode-correct input handling shared by both backends.
-
-    `normalization` picks the mean/std unless they are given explicitly. `max_image_pixels` (None: no limit) bounds
-    the pixels of any input image; `max_resized_edge` (None: no limit) bounds the long side of an uncropped resize."""
+class FlorenceCLIPTransforms:
+    """CLIP's preprocessing settings, shared by the image and the video processor: bicubic resize of the short side
+    to 224, 224x224 centre crop, rescale, CLIP mean/std normalisation, RGB conversion."""
 
     resample = PILImageResampling.BICUBIC
     image_mean = OPENAI_CLIP_MEAN
@@ -101,6 +99,14 @@ class FlorenceImageProcessorDefaults:
     do_rescale = True
     do_normalize = True
     do_convert_rgb = True
+
+
+class FlorenceImageProcessorDefaults(FlorenceCLIPTransforms):
+    """Settings and bounded, mode-correct input handling shared by both backends.
+
+    `normalization` picks the mean/std unless they are given explicitly. `max_image_pixels` (None: no limit) bounds
+    the pixels of any input image; `max_resized_edge` (None: no limit) bounds the long side of an uncropped resize."""
+
     model_input_names = ["pixel_values"]
 
     def __init__(

@@ -7,6 +7,7 @@ with `huggingface_hub.ModelCardData`, so `model-index` follows the Hub's schema.
 """
 
 import json
+import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -28,8 +29,18 @@ PIPELINE_TAGS = {
     "FlorenceFusionModel": "feature-extraction",
     "FlorenceForVisionLanguagePretraining": "feature-extraction",
     "FlorenceForVideoClassification": "video-classification",
+    "FlorenceForConditionalGeneration": "image-text-to-text",
+    "FlorenceGenerationModel": "feature-extraction",
+    "FlorenceDaViTBackbone": "image-feature-extraction",
 }
 DEFAULT_DATASET = "florence-shapes"
+# Numbers a run records that describe the evaluation or the run (how many classes, pairs, parameters, seconds), not
+# how well the model does: shown in the card's "Evaluation setup", never published as `model-index` metrics.
+COUNT_NAMES = re.compile(r"(^|/)(classes|retrieval_pairs|pairs|images|videos|questions|samples|examples|steps|epochs"
+                         r"|num_\w+|\w*_parameters|\w*_seconds|\w*_bytes|\w*_count|trainable_fraction)$")
+# The starting point's figures (`before/...`, `step0_...`) and training logs (`losses/...`): not this model's metrics.
+BASELINE_NAMES = re.compile(r"^(before/|step0_)")
+LOG_NAMES = re.compile(r"^(losses|log_history)/")
 CITATION = """@article{yuan2021florence,
   title   = {Florence: A New Foundation Model for Computer Vision},
   author  = {Yuan, Lu and Chen, Dongdong and Chen, Yi-Ling and others},
@@ -81,6 +92,26 @@ def load_results(results: dict | str | Path | None) -> dict[str, float]:
     return {key: float(value) for key, value in _flatten(results).items() if isinstance(value, (int, float))}
 
 
+def split_results(results: dict | str | Path | None) -> tuple[dict[str, float], dict[str, float]]:
+    """`(metrics, setup)`: what the model measured (published in `model-index`), and the counts and starting-point
+    figures that describe the evaluation (shown in the card only); training logs are left out."""
+    metrics, setup = {}, {}
+    for name, value in load_results(results).items():
+        if LOG_NAMES.search(name):
+            continue
+        (setup if COUNT_NAMES.search(name) or BASELINE_NAMES.search(name) else metrics)[name] = value
+    return metrics, setup
+
+
+def _results_text(metrics: dict[str, float], setup: dict[str, float]) -> str:
+    text = ("| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v:.2f} |" for k, v in metrics.items())
+            if metrics else "No evaluation results were supplied for this checkpoint.")
+    if setup:
+        rows = "\n".join(f"| {k} | {int(v) if float(v).is_integer() else f'{v:.4g}'} |" for k, v in setup.items())
+        text += f"\n\nEvaluation setup (counts and the starting point's figures, not metrics):\n\n| | |\n|---|---|\n{rows}"
+    return text
+
+
 def _describe(config: dict) -> list[tuple[str, str]]:
     vision = config.get("vision_config") or config.get("backbone_config") or (
         config if "embed_dim" in config and "depths" in config else None
@@ -121,7 +152,7 @@ def build_model_card(
     pipeline_tag = PIPELINE_TAGS[architecture]
     model_name = model_name or folder.name
     datasets = datasets or [DEFAULT_DATASET]
-    metrics = load_results(results)
+    metrics, setup = split_results(results)
     eval_results = [
         EvalResult(
             task_type=pipeline_tag, dataset_type=datasets[0], dataset_name=datasets[0], metric_type=name,
@@ -143,10 +174,7 @@ def build_model_card(
     rows = [("architecture", f"`{architecture}` (model type `{config.get('model_type')}`)"),
             *_describe(config), ("parameters", f"{parameters / 1e6:.1f}M"), ("weights", "safetensors")]
     details = "| | |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
-    evaluation = (
-        "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v:.2f} |" for k, v in metrics.items())
-        if metrics else "No evaluation results were supplied for this checkpoint."
-    )
+    evaluation = _results_text(metrics, setup)
     loading = (
         f'model = AutoModel.from_pretrained("{model_name}", trust_remote_code=True)  # no extra package needed'
         if remote_code
@@ -193,4 +221,86 @@ def write_model_card(folder: str | Path, **kwargs) -> Path:
     return path
 
 
-__all__ = ["PIPELINE_TAGS", "build_model_card", "load_results", "write_model_card"]
+def build_adapter_card(
+    folder: str | Path,
+    *,
+    base_model: str | None = None,
+    results: dict | str | Path | None = None,
+    datasets: list[str] | None = None,
+    license: str = "apache-2.0",
+    description: str | None = None,
+    model_name: str | None = None,
+) -> ModelCard:
+    """The card of a PEFT adapter folder (`adapter_config.json`): its base model, the LoRA settings, how to load it,
+    and the run's results; replaces PEFT's empty template."""
+    folder = Path(folder)
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    base_model = base_model or adapter.get("base_model_name_or_path")
+    if not base_model:
+        raise ValueError(f"{folder}: name the base model (base_model=...): adapter_config.json does not record it")
+    base_config = Path(base_model) / "config.json"
+    architecture = None
+    if base_config.is_file():
+        architecture = _architecture(json.loads(base_config.read_text()))
+    pipeline_tag = PIPELINE_TAGS.get(architecture) if architecture else None
+    datasets = datasets or [DEFAULT_DATASET]
+    metrics, setup = split_results(results)
+    eval_results = [EvalResult(task_type=pipeline_tag or "other", dataset_type=datasets[0], dataset_name=datasets[0],
+                               metric_type=name, metric_name=name, metric_value=value)
+                    for name, value in metrics.items()]
+    data = ModelCardData(library_name="peft", license=license, pipeline_tag=pipeline_tag, base_model=base_model,
+                         tags=["florence", "lora", "peft"], datasets=datasets, model_name=model_name or folder.name,
+                         eval_results=eval_results or None)
+    targets = adapter.get("target_modules")
+    targets = targets if isinstance(targets, str) else ", ".join(sorted(targets or []))
+    rows = [("adapter", f"{adapter.get('peft_type', 'LORA')} r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}, "
+                        f"dropout={adapter.get('lora_dropout')}"),
+            ("target modules", targets), ("trained in full", ", ".join(adapter.get("modules_to_save") or []) or "-"),
+            ("base model", f"`{base_model}`" + (f" (`{architecture}`)" if architecture else "")),
+            ("adapter parameters", f"{count_parameters(folder) / 1e6:.2f}M")]
+    details = "| | |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
+    body = f"""
+# {model_name or folder.name}
+
+{description or "A LoRA adapter for a Florence model (Florence for Transformers), trained with PEFT."}
+
+## Adapter details
+
+{details}
+
+## How to use
+
+```python
+import modeling_florence  # registers the Florence model types
+from peft import PeftModel
+from transformers import AutoModel
+model = PeftModel.from_pretrained(AutoModel.from_pretrained("{base_model}"), "{model_name or folder.name}")
+```
+
+## Evaluation
+
+{_results_text(metrics, setup)}
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def write_finetune_card(folder: str | Path, results: dict | None = None, base_model: str | None = None,
+                        description: str | None = None, **kwargs) -> Path:
+    """The card of a fine-tuning run's output: an adapter card for a PEFT adapter folder, else the model's card."""
+    folder = Path(folder)
+    path = folder / "README.md"
+    if (folder / "adapter_config.json").is_file():
+        build_adapter_card(folder, base_model=base_model, results=results, description=description,
+                           **kwargs).save(path)
+        return path
+    return write_model_card(folder, results=results, base_model=base_model, description=description, **kwargs)
+
+
+__all__ = ["PIPELINE_TAGS", "build_adapter_card", "build_model_card", "load_results", "split_results",
+           "write_finetune_card", "write_model_card"]

@@ -11,6 +11,8 @@ than the window along one axis uses a window of the map's size there and no shif
 relative-position bias of such a smaller window is the exact sub-table of the learned one.
 """
 
+import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -119,7 +121,9 @@ class FlorenceVisionConvDownsample(nn.Module):
 
 
 class FlorenceVisionPatchMerging(nn.Module):
-    """Swin's patch merging: concatenate each 2x2 neighbourhood (odd sizes zero-padded), LN, bias-free linear."""
+    """Swin's patch merging: concatenate each 2x2 neighbourhood (odd sizes zero-padded), LN, bias-free linear.
+
+    Works on `(B, H, W, C)` and, frame by frame, on `(B, T, H, W, C)` (Video Swin's merging)."""
 
     def __init__(self, config: FlorenceVisionConfig, dim: int):
         super().__init__()
@@ -127,13 +131,13 @@ class FlorenceVisionPatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        batch, height, width, channels = hidden_states.shape
+        *leading, height, width, channels = hidden_states.shape
         if height % 2 or width % 2:
             hidden_states = F.pad(hidden_states, (0, 0, 0, width % 2, 0, height % 2))
             height, width = height + height % 2, width + width % 2
-        # (B, H/2, 2[h], W/2, 2[w], C) -> (B, H/2, W/2, 2[w], 2[h], C): Swin's order x00, x10, x01, x11.
-        hidden_states = hidden_states.reshape(batch, height // 2, 2, width // 2, 2, channels)
-        hidden_states = hidden_states.permute(0, 1, 3, 4, 2, 5).flatten(3)
+        # (..., H/2, 2[h], W/2, 2[w], C) -> (..., H/2, W/2, 2[w], 2[h], C): Swin's order x00, x10, x01, x11.
+        hidden_states = hidden_states.reshape(*leading, height // 2, 2, width // 2, 2, channels)
+        hidden_states = hidden_states.movedim(-4, -2).flatten(-3)
         return self.reduction(self.norm(hidden_states))
 
 
@@ -142,44 +146,74 @@ PATCH_EMBEDDINGS = {"conv": FlorenceVisionConvEmbeddings, "linear": FlorenceVisi
 DOWNSAMPLERS = {"conv": FlorenceVisionConvDownsample, "merge": FlorenceVisionPatchMerging}
 
 
-def window_partition(hidden_states: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-    """`(B, H, W, C)` with H, W multiples of the window -> `(B * windows, wh * ww, C)`."""
-    batch, height, width, channels = hidden_states.shape
-    wh, ww = window
-    hidden_states = hidden_states.view(batch, height // wh, wh, width // ww, ww, channels)
-    return hidden_states.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
+def window_partition(hidden_states: torch.Tensor, window: tuple[int, ...]) -> torch.Tensor:
+    """`(B, *size, C)` with every size a multiple of the window -> `(B * windows, prod(window), C)`: 2-D `(B, H, W, C)`
+    or 3-D `(B, T, H, W, C)` from the length of the window tuple; windows are ordered row-major, clip-major."""
+    batch, *size, channels = hidden_states.shape
+    axes = len(window)
+    hidden_states = hidden_states.view(batch, *(d for extent, w in zip(size, window) for d in (extent // w, w)), channels)
+    order = (0, *range(1, 2 * axes, 2), *range(2, 2 * axes + 1, 2), 2 * axes + 1)
+    return hidden_states.permute(order).reshape(-1, math.prod(window), channels)
 
 
-def window_reverse(windows: torch.Tensor, window: tuple[int, int], height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`window_partition`."""
-    wh, ww = window
-    channels = windows.shape[-1]
-    windows = windows.view(-1, height // wh, width // ww, wh, ww, channels)
-    return windows.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+def window_reverse(windows: torch.Tensor, window: tuple[int, ...], *size: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition` for a padded map of `size` (`height, width` or `time, height, width`)."""
+    axes, channels = len(window), windows.shape[-1]
+    windows = windows.view(-1, *(extent // w for extent, w in zip(size, window)), *window, channels)
+    order = (0, *(d for axis in range(axes) for d in (1 + axis, 1 + axes + axis)), 2 * axes + 1)
+    return windows.permute(order).reshape(-1, *size, channels)
 
 
-def relative_position_index(window: tuple[int, int], table_window: int, device=None) -> torch.Tensor:
-    """Index into a `(2 * table_window - 1) ** 2` bias table for every token pair of a `window` (<= table_window)."""
+def relative_position_index(window: tuple[int, ...], table_window, device=None) -> torch.Tensor:
+    """`(N, N)` index into a `prod(2 * table_window - 1)`-row bias table for every token pair of a `window` (each axis
+    <= the table's). Row-major over the offsets: in 3-D `dt * (2Wh-1)(2Ww-1) + dh * (2Ww-1) + dw`, each offset
+    shifted to start at 0. `table_window` is a tuple, or an int for a square / cubic table."""
+    table = (table_window,) * len(window) if isinstance(table_window, int) else tuple(table_window)
     coords = torch.stack(
-        torch.meshgrid(torch.arange(window[0], device=device), torch.arange(window[1], device=device), indexing="ij")
+        torch.meshgrid(*(torch.arange(extent, device=device) for extent in window), indexing="ij")
     ).flatten(1)
-    relative = coords[:, :, None] - coords[:, None, :] + (table_window - 1)
-    return relative[0] * (2 * table_window - 1) + relative[1]
+    relative = coords[:, :, None] - coords[:, None, :]
+    index = torch.zeros_like(relative[0])
+    for axis, extent in enumerate(table):
+        index = index * (2 * extent - 1) + relative[axis] + (extent - 1)
+    return index
+
+
+def subtable_index(window: tuple[int, ...], table_window: tuple[int, ...], full_index: torch.Tensor) -> torch.Tensor:
+    """Index of a shrunk window: the exact relative offsets of its token pairs (CoSwin's rule in 2-D and 3-D)."""
+    return relative_position_index(window, table_window, device=full_index.device)
+
+
+def truncated_index(window: tuple[int, ...], table_window: tuple[int, ...], full_index: torch.Tensor) -> torch.Tensor:
+    """Index of a shrunk window as Video Swin and torchvision take it: the first `N` rows and columns of the full
+    window's index. Equal to :func:`subtable_index` when only the leading (temporal) window shrinks."""
+    tokens = math.prod(window)
+    return full_index[:tokens, :tokens]
+
+
+# How a window smaller than the configured one reads the bias table (FlorenceVideoVisionConfig.window_bias).
+WINDOW_BIAS_INDEX = {"subtable": subtable_index, "truncated": truncated_index}
 
 
 def shifted_window_mask(
-    padded_size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device, dtype
+    padded_size: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...], device, dtype
 ) -> torch.Tensor:
-    """`(windows, N, N)` additive mask keeping attention inside the regions a cyclic shift brought together."""
+    """`(windows, N, N)` additive mask keeping attention inside the regions a cyclic shift brought together (2-D or
+    3-D: each axis is cut into the three regions `[0, -window)`, `[-window, -shift)`, `[-shift, end)`)."""
     region = torch.zeros(padded_size, device=device, dtype=torch.int32)
-    count = 0
-    for h_slice in (slice(0, -window[0]), slice(-window[0], -shift[0] or None), slice(-shift[0] or None, None)):
-        for w_slice in (slice(0, -window[1]), slice(-window[1], -shift[1] or None), slice(-shift[1] or None, None)):
-            region[h_slice, w_slice] = count
-            count += 1
-    region_windows = window_partition(region[None, :, :, None], window).squeeze(-1)
+    axis_slices = [
+        (slice(0, -size), slice(-size, -step or None), slice(-step or None, None)) for size, step in zip(window, shift)
+    ]
+    for count, slices in enumerate(itertools.product(*axis_slices)):
+        region[slices] = count
+    region_windows = window_partition(region[None, ..., None], window).squeeze(-1)
     different = region_windows[:, None, :] != region_windows[:, :, None]
     return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill_(different, SHIFTED_WINDOW_MASK_VALUE)
+
+
+def is_tracing() -> bool:
+    """Whether the call runs under `torch.compile`, `torch.export` or TorchScript tracing (no Python caches then)."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def attention_function(config, output_attentions: bool = False) -> Callable:
@@ -269,11 +303,12 @@ def window_attention(
 
 
 class FlorenceWindowAttentionBase(nn.Module):
-    """Multi-head self-attention inside windows with a learned relative-position bias per head, shared by the 2-D
-    CoSwin and Video CoSwin: a subclass sets the bias table's size and says how a window reads it
-    (`relative_position_bias`). Runs through :func:`window_attention`."""
+    """Multi-head self-attention inside 2-D or 3-D windows with a learned relative-position bias per head, shared by
+    CoSwin and Video CoSwin: a `prod(2 * window_size - 1)`-row bias table; a window smaller than `window_size` (a
+    small feature map) reads it through `shrunk_window_index` (:data:`WINDOW_BIAS_INDEX`). Runs through
+    :func:`window_attention`."""
 
-    def __init__(self, config, dim: int, num_heads: int, table_rows: int):
+    def __init__(self, config, dim: int, num_heads: int, window_size: tuple[int, ...], shrunk_window_index: Callable):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
@@ -281,14 +316,24 @@ class FlorenceWindowAttentionBase(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_probs_dropout_prob
         self.is_causal = False
-        self.relative_position_bias_table = nn.Parameter(torch.zeros(table_rows, num_heads))
+        self.window_size = tuple(window_size)
+        self.shrunk_window_index = shrunk_window_index
+        rows = math.prod(2 * size - 1 for size in self.window_size)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.register_buffer(
+            "relative_position_index", relative_position_index(self.window_size, self.window_size), persistent=False
+        )
 
     def relative_position_bias(self, window: tuple[int, ...]) -> torch.Tensor:
-        """`(heads, N, N)` bias of a window."""
-        raise NotImplementedError
+        """`(heads, N, N)` bias for a window (the configured one, or one shrunk to a small feature map)."""
+        if window == self.window_size:
+            index = self.relative_position_index
+        else:
+            index = self.shrunk_window_index(window, self.window_size, self.relative_position_index)
+        return self.gather_bias(index, math.prod(window))
 
     def gather_bias(self, index: torch.Tensor, tokens: int) -> torch.Tensor:
         """`(heads, N, N)` rows of the bias table at an `(N, N)` index."""
@@ -315,23 +360,11 @@ class FlorenceWindowAttentionBase(nn.Module):
 
 
 class FlorenceVisionWindowAttention(FlorenceWindowAttentionBase):
-    """CoSwin's window attention: square windows, a `(2W-1)^2`-row bias table."""
+    """CoSwin's window attention: square windows, a `(2W-1)^2`-row bias table; a smaller window reads its exact
+    sub-table."""
 
     def __init__(self, config: FlorenceVisionConfig, dim: int, num_heads: int):
-        super().__init__(config, dim, num_heads, (2 * config.window_size - 1) ** 2)
-        self.window_size = config.window_size
-        full = (self.window_size, self.window_size)
-        self.register_buffer(
-            "relative_position_index", relative_position_index(full, self.window_size), persistent=False
-        )
-
-    def relative_position_bias(self, window: tuple[int, int]) -> torch.Tensor:
-        """`(heads, N, N)` bias for a window; a window smaller than the configured one reads its exact sub-table."""
-        if window == (self.window_size, self.window_size):
-            index = self.relative_position_index
-        else:
-            index = relative_position_index(window, self.window_size, device=self.relative_position_bias_table.device)
-        return self.gather_bias(index, window[0] * window[1])
+        super().__init__(config, dim, num_heads, (config.window_size, config.window_size), subtable_index)
 
 
 class FlorenceVisionMLP(nn.Module):
@@ -348,64 +381,100 @@ class FlorenceVisionMLP(nn.Module):
         return self.dropout(self.fc2(hidden_states))
 
 
-class FlorenceVisionLayer(GradientCheckpointingLayer):
-    """One Swin block: (shifted-)window attention and an MLP, each pre-LN with a residual and stochastic depth."""
+class FlorenceWindowLayer(GradientCheckpointingLayer):
+    """One Swin block over 2-D `(B, H, W, C)` or 3-D `(B, T, H, W, C)` maps: (shifted-)window attention and an MLP,
+    each pre-LN with a residual and stochastic depth. The forward is norm, pad, roll, partition, attention, reverse,
+    unroll, crop; the 2-D and the 3-D blocks differ only in their attention module and window tuple.
 
-    def __init__(self, config: FlorenceVisionConfig, dim: int, num_heads: int, shifted: bool, drop_path_rate: float):
+    Mask policy: the shifted-window mask depends on shapes only; in eager mode it is built once per (padded size,
+    window, shift, device, dtype) and kept (one entry: the last shape seen); under `torch.compile` / `torch.export` /
+    tracing it is built in the graph from those shapes, so nothing is cached across traced calls."""
+
+    def __init__(self, config, dim: int, attention: FlorenceWindowAttentionBase, shifted: bool, drop_path_rate: float):
         super().__init__()
-        self.window_size = config.window_size
+        self.window_size = attention.window_size
         self.shifted = shifted
         self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.attn = FlorenceVisionWindowAttention(config, dim, num_heads)
+        self.attn = attention
         self.drop_path = FlorenceDropPath(drop_path_rate)
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = FlorenceVisionMLP(config, dim)
+        self._mask_cache: dict = {}
 
-    def window_and_shift(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """Per axis: a map no larger than the window gets a window of its own size and no shift (timm's rule)."""
-        window = (min(height, self.window_size), min(width, self.window_size))
+    def window_and_shift(self, *size) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per axis of a map of `size` (a tuple, or the extents as arguments): a map no larger than the window gets a
+        window of its own size and no shift (timm's and Video Swin's rule)."""
+        size = tuple(size[0]) if len(size) == 1 else size
+        window = tuple(min(extent, limit) for extent, limit in zip(size, self.window_size))
         shift = tuple(
-            self.window_size // 2 if self.shifted and size > self.window_size else 0 for size in (height, width)
+            limit // 2 if self.shifted and extent > limit else 0 for extent, limit in zip(size, self.window_size)
         )
         return window, shift
 
+    def shift_mask(self, padded_size, window, shift, device, dtype) -> torch.Tensor:
+        """The `(windows, N, N)` shifted-window mask, cached in eager mode (see the class docstring)."""
+        if is_tracing():
+            return shifted_window_mask(padded_size, window, shift, device, dtype)
+        key = (padded_size, window, shift, device, dtype)
+        if key not in self._mask_cache:
+            self._mask_cache.clear()
+            self._mask_cache[key] = shifted_window_mask(padded_size, window, shift, device, dtype)
+        return self._mask_cache[key]
+
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
-        batch, height, width, channels = hidden_states.shape
-        window, shift = self.window_and_shift(height, width)
+        size = tuple(hidden_states.shape[1:-1])
+        window, shift = self.window_and_shift(size)
+        axes = tuple(range(1, len(size) + 1))
         shortcut = hidden_states
         hidden_states = self.norm1(hidden_states)
 
-        pad_h, pad_w = (-height) % window[0], (-width) % window[1]
-        if pad_h or pad_w:
-            hidden_states = F.pad(hidden_states, (0, 0, 0, pad_w, 0, pad_h))
-        padded_size = (height + pad_h, width + pad_w)
-        has_shift = shift != (0, 0)
-        if has_shift:
-            hidden_states = torch.roll(hidden_states, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-            # Built from shapes only (no cache keyed on them), so tracing and torch.export see plain tensor ops.
-            mask = shifted_window_mask(padded_size, window, shift, hidden_states.device, hidden_states.dtype)
-        else:
-            mask = None
+        pads = tuple((-extent) % limit for extent, limit in zip(size, window))
+        if any(pads):
+            hidden_states = F.pad(hidden_states, (0, 0) + tuple(p for pad in reversed(pads) for p in (0, pad)))
+        padded_size = tuple(extent + pad for extent, pad in zip(size, pads))
+        mask = None
+        if any(shift):
+            hidden_states = torch.roll(hidden_states, shifts=tuple(-step for step in shift), dims=axes)
+            mask = self.shift_mask(padded_size, window, shift, hidden_states.device, hidden_states.dtype)
 
         windows = window_partition(hidden_states, window)
         attn_windows, attn_weights = self.attn(windows, window, mask, output_attentions=output_attentions, **kwargs)
         hidden_states = window_reverse(attn_windows, window, *padded_size)
-        if has_shift:
-            hidden_states = torch.roll(hidden_states, shifts=shift, dims=(1, 2))
-        if pad_h or pad_w:
-            hidden_states = hidden_states[:, :height, :width, :]
+        if any(shift):
+            hidden_states = torch.roll(hidden_states, shifts=shift, dims=axes)
+        if any(pads):
+            hidden_states = hidden_states[(slice(None), *(slice(0, extent) for extent in size))]
 
         hidden_states = shortcut + self.drop_path(hidden_states)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
         return (hidden_states, attn_weights) if output_attentions else (hidden_states,)
 
 
-class FlorenceStageBase(nn.Module):
-    """A stage's forward, shared by the 2-D CoSwin and Video CoSwin: `downsample` (None in the first stage), then the
-    `blocks`, collecting their attention weights when asked."""
+class FlorenceVisionLayer(FlorenceWindowLayer):
+    """One CoSwin block: :class:`FlorenceWindowLayer` over 2-D maps with square windows."""
 
-    downsample: nn.Module | None
-    blocks: nn.ModuleList
+    def __init__(self, config: FlorenceVisionConfig, dim: int, num_heads: int, shifted: bool, drop_path_rate: float):
+        super().__init__(config, dim, FlorenceVisionWindowAttention(config, dim, num_heads), shifted, drop_path_rate)
+
+
+class FlorenceStageBase(nn.Module):
+    """A stage of either tower: `downsample` (None in the first stage), then the `blocks`, collecting their attention
+    weights when asked. A subclass says how to build a block (`make_block`) and which downsamplers the config picks
+    from (`downsamplers`)."""
+
+    downsamplers: dict[str, type[nn.Module]] = {}
+
+    def __init__(self, config, stage: int, drop_path_rates: list[float]):
+        super().__init__()
+        dim = config.stage_dims[stage]
+        self.downsample = self.downsamplers[config.downsample](config, dim // 2) if stage > 0 else None
+        self.blocks = nn.ModuleList(
+            self.make_block(config, stage, dim, shifted=index % 2 == 1, drop_path_rate=rate)
+            for index, rate in enumerate(drop_path_rates)
+        )
+
+    def make_block(self, config, stage: int, dim: int, shifted: bool, drop_path_rate: float) -> nn.Module:
+        raise NotImplementedError
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
         if self.downsample is not None:
@@ -422,25 +491,83 @@ class FlorenceStageBase(nn.Module):
 class FlorenceVisionStage(FlorenceStageBase):
     """Optional downsampling (every stage but the first) followed by blocks alternating plain and shifted windows."""
 
-    def __init__(self, config: FlorenceVisionConfig, stage: int, drop_path_rates: list[float]):
-        super().__init__()
-        dim = config.stage_dims[stage]
-        self.downsample = DOWNSAMPLERS[config.downsample](config, dim // 2) if stage > 0 else None
-        self.blocks = nn.ModuleList(
-            FlorenceVisionLayer(config, dim, config.num_heads[stage], shifted=index % 2 == 1, drop_path_rate=rate)
-            for index, rate in enumerate(drop_path_rates)
-        )
+    downsamplers = DOWNSAMPLERS
+
+    def make_block(self, config, stage, dim, shifted, drop_path_rate):
+        return FlorenceVisionLayer(config, dim, config.num_heads[stage], shifted=shifted, drop_path_rate=drop_path_rate)
 
 
+def build_stages(config, stage_class: type[FlorenceStageBase]) -> nn.ModuleList:
+    """The stages of a tower, stochastic depth growing linearly over all blocks (plain Python: meta-device safe)."""
+    total = sum(config.depths)
+    rates = [config.drop_path_rate * index / max(total - 1, 1) for index in range(total)]
+    starts = [sum(config.depths[:stage]) for stage in range(len(config.depths))]
+    return nn.ModuleList(
+        stage_class(config, stage, rates[start : start + depth])
+        for stage, (start, depth) in enumerate(zip(starts, config.depths))
+    )
 
-class FlorenceVisionPreTrainedModel(PreTrainedModel):
+
+class FlorencePreTrainedBase(PreTrainedModel):
+    """What every Florence `PreTrainedModel` declares, in one place: gradient checkpointing, and attention through
+    Transformers' kernels (eager, `sdpa`, the attention-backend registry; no flash / flex attention)."""
+
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+
+
+class FlorenceWindowPreTrainedModel(FlorencePreTrainedBase):
+    """What CoSwin and Video CoSwin share as `PreTrainedModel`s: Swin's init and the encoder loop over `self.stages`
+    (then `self.layernorm` and average pooling)."""
+
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Swin's init: truncated normal(0.02) for weights and the bias table, zeros for biases, LN at identity."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, FlorenceWindowAttentionBase):
+            init.trunc_normal_(module.relative_position_bias_table, std=std)
+            init.copy_(module.relative_position_index, relative_position_index(module.window_size, module.window_size))
+
+    def encode_stages(self, hidden_states: torch.Tensor, output_hidden_states: bool, output_attentions: bool, **kwargs):
+        """The encoder loop from the embedded channels-last map: the fields of the tower's output (last hidden state
+        after the final LayerNorm, its average, channels-first per-stage maps, hidden states, attentions)."""
+        hidden_states, all_hidden_states = record_tokens(hidden_states, () if output_hidden_states else None)
+        all_attentions = () if output_attentions else None
+        feature_maps = ()
+        for stage in self.stages:
+            hidden_states, attentions = stage(hidden_states, output_attentions=output_attentions, **kwargs)
+            hidden_states, all_hidden_states = record_tokens(hidden_states, all_hidden_states)
+            feature_maps += (hidden_states.movedim(-1, 1),)
+            if output_attentions:
+                all_attentions += attentions
+        last_hidden_state = self.layernorm(hidden_states.flatten(1, -2))
+        return {
+            "last_hidden_state": last_hidden_state,
+            "pooler_output": last_hidden_state.mean(dim=1),
+            "hidden_states": all_hidden_states,
+            "attentions": all_attentions,
+            "feature_maps": feature_maps,
+        }
+
+
+class FlorenceVisionPreTrainedModel(FlorenceWindowPreTrainedModel):
     config_class = FlorenceVisionConfig
     # The attribute that holds the encoder in every model built on it (FlorenceModel, the backbone, the adapters), so
     # a tower loads from any of their folders and they load from a CoSwin folder (Transformers adds or strips it).
     base_model_prefix = "vision_model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["FlorenceVisionLayer", "FlorenceVisionConvDownsample", "FlorenceVisionPatchMerging"]
     # Weights of the other parts of a composite folder, which this tower leaves behind without a warning.
     _keys_to_ignore_on_load_unexpected = [
@@ -450,28 +577,6 @@ class FlorenceVisionPreTrainedModel(PreTrainedModel):
         r"^logit_scale$",
         r"^hidden_states_norms\.",
     ]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = True
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        """Swin's init: truncated normal(0.02) for weights and the bias table, zeros for biases, LN at identity."""
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, FlorenceVisionWindowAttention):
-            init.trunc_normal_(module.relative_position_bias_table, std=std)
-            init.copy_(
-                module.relative_position_index,
-                relative_position_index((module.window_size, module.window_size), module.window_size),
-            )
 
 
 def resolve_output_flags(config, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
@@ -530,13 +635,7 @@ class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
         super().__init__(config)
         config.check_head_widths()
         self.embeddings = PATCH_EMBEDDINGS[config.patch_embed](config)
-        total = sum(config.depths)  # stochastic depth grows linearly over all blocks (plain Python: meta-device safe)
-        rates = [config.drop_path_rate * index / max(total - 1, 1) for index in range(total)]
-        starts = [sum(config.depths[:stage]) for stage in range(len(config.depths))]
-        self.stages = nn.ModuleList(
-            FlorenceVisionStage(config, stage, rates[start : start + depth])
-            for stage, (start, depth) in enumerate(zip(starts, config.depths))
-        )
+        self.stages = build_stages(config, FlorenceVisionStage)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
@@ -558,24 +657,8 @@ class FlorenceVisionModel(FlorenceVisionPreTrainedModel):
         # As CLIP: inputs follow the model's dtype (fp32 pixels into a bf16 model).
         pixel_values = pixel_values.to(self.embeddings.projection.weight.dtype)
 
-        hidden_states, all_hidden_states = record_tokens(self.embeddings(pixel_values), () if output_hidden_states else None)
-        all_attentions = () if output_attentions else None
-        feature_maps = ()
-        for stage in self.stages:
-            hidden_states, attentions = stage(hidden_states, output_attentions=output_attentions, **kwargs)
-            hidden_states, all_hidden_states = record_tokens(hidden_states, all_hidden_states)
-            feature_maps += (hidden_states.permute(0, 3, 1, 2),)
-            if output_attentions:
-                all_attentions += attentions
-
-        last_hidden_state = self.layernorm(hidden_states.flatten(1, 2))
-        pooled_output = last_hidden_state.mean(dim=1)
         output = FlorenceVisionModelOutput(
-            last_hidden_state=last_hidden_state,
-            pooler_output=pooled_output,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-            feature_maps=feature_maps,
+            **self.encode_stages(self.embeddings(pixel_values), output_hidden_states, output_attentions, **kwargs)
         )
         return output if return_dict else output.to_tuple()
 

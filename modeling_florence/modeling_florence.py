@@ -13,7 +13,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -23,10 +22,12 @@ from transformers.utils import ModelOutput, can_return_tuple
 from .configuration_florence import FlorenceConfig, FlorenceTextConfig
 from .loss_florence import global_batch_unicl_loss, unicl_loss
 from .modeling_coswin import (
+    FlorencePreTrainedBase,
     FlorenceVisionModel,
     FlorenceVisionModelOutput,
     attention_function,
     eager_attention_forward,
+    is_tracing,
     resolve_output_flags,
 )
 
@@ -57,43 +58,47 @@ class FlorenceTextEmbeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         length = input_ids.shape[-1]
+        table = self.position_embedding.num_embeddings
         if position_ids is None:
             position_ids = self.position_ids[:, :length]
+        elif position_ids.numel() and (position_ids.min() < 0 or position_ids.max() >= table):
+            raise ValueError(f"position_ids must lie in [0, {table}) (max_position_embeddings), got values from "
+                             f"{position_ids.min().item()} to {position_ids.max().item()}")
         return self.token_embedding(input_ids) + self.position_embedding(position_ids)
 
 
-class FlorenceTextAttention(nn.Module):
-    """Multi-head self-attention with separate q/k/v projections (the names PEFT targets)."""
+class FlorenceAttention(nn.Module):
+    """Multi-head attention of `hidden_states` over a context (themselves, or another stream) with separate
+    `q_proj, k_proj, v_proj, out_proj` projections (the names PEFT targets), through the configured kernel
+    (`modeling_coswin.attention_function`). Shared by the text tower and the VQA fusion layers."""
 
-    def __init__(self, config: FlorenceTextConfig):
+    def __init__(self, config, dropout: float, is_causal: bool):
         super().__init__()
         self.config = config
         self.embed_dim = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
         self.scaling = self.head_dim**-0.5
-        self.dropout = config.attention_dropout
-        # Chosen at construction: causal (CLIP, the default) or bidirectional (a fusion model's text encoder).
-        self.is_causal = getattr(config, "causal_attention", True)
-        factor = config.initializer_factor or 1.0
-        in_std = self.embed_dim**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor
-        self.q_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
-        self.k_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
-        self.v_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), in_std)
-        self.out_proj = init_std(nn.Linear(self.embed_dim, self.embed_dim), self.embed_dim**-0.5 * factor)
+        self.dropout = dropout
+        self.is_causal = is_causal
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
-    def forward(
+    def attend(
         self,
         hidden_states: torch.Tensor,
+        context: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         **kwargs,
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
-        shape = (batch, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        context_shape = (batch, context.shape[1], self.num_heads, self.head_dim)
+        key = self.k_proj(context).view(context_shape).transpose(1, 2)
+        value = self.v_proj(context).view(context_shape).transpose(1, 2)
         attention_interface = attention_function(self.config, output_attentions)
         if self.is_causal and attention_mask is None and attention_interface is eager_attention_forward:
             # Only fused kernels understand `is_causal`; the reference path needs the mask spelled out.
@@ -111,6 +116,28 @@ class FlorenceTextAttention(nn.Module):
             **kwargs,
         )
         return self.out_proj(attn_output.reshape(batch, length, self.embed_dim)), attn_weights
+
+
+class FlorenceTextAttention(FlorenceAttention):
+    """The text tower's self-attention: causal (CLIP, the default) or bidirectional (a fusion model's text encoder),
+    chosen at construction; CLIP's depth-scaled init recorded on each projection."""
+
+    def __init__(self, config: FlorenceTextConfig):
+        super().__init__(config, config.attention_dropout, is_causal=getattr(config, "causal_attention", True))
+        factor = config.initializer_factor or 1.0
+        in_std = self.embed_dim**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor
+        for projection in (self.q_proj, self.k_proj, self.v_proj):
+            init_std(projection, in_std)
+        init_std(self.out_proj, self.embed_dim**-0.5 * factor)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ):
+        return self.attend(hidden_states, hidden_states, attention_mask, output_attentions, **kwargs)
 
 
 class FlorenceTextMLP(nn.Module):
@@ -168,16 +195,11 @@ class FlorenceTextEncoder(nn.Module):
         return hidden_states, all_hidden_states, all_attentions
 
 
-class FlorencePreTrainedModel(PreTrainedModel):
+class FlorencePreTrainedModel(FlorencePreTrainedBase):
     config_class = FlorenceConfig
     base_model_prefix = "florence"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
     _no_split_modules = ["FlorenceTextEmbeddings", "FlorenceTextLayer", "FlorenceVisionLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = True
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
@@ -202,11 +224,6 @@ class FlorencePreTrainedModel(PreTrainedModel):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).unsqueeze(0))
         elif isinstance(module, FlorenceModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
-
-
-def is_tracing() -> bool:
-    """Whether torch.compile / torch.export is tracing: value checks (which read tensor data) are skipped there."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def check_token_values(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int) -> None:
@@ -331,23 +348,11 @@ class FlorenceTextModel(FlorencePreTrainedModel):
 # Two-tower model
 # ----------------------------------------------------------------------------------------------------------------------
 def encode_pairs(model, pixel_values, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions):
-    """Both towers of a two-tower model (`vision_model`, `text_model`, `visual_projection`, `text_projection`): their
-    outputs and the L2-normalised projected features `(vision, text, vision_embeds, text_embeds)`. Shared by the image
-    and the video models."""
-    vision_outputs = model.vision_model(
-        pixel_values=pixel_values,
-        output_hidden_states=output_hidden_states,
-        output_attentions=output_attentions,
-        return_dict=True,
-    )
-    text_outputs = model.text_model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        output_hidden_states=output_hidden_states,
-        output_attentions=output_attentions,
-        return_dict=True,
-    )
+    """Both towers of a two-tower model ([`FlorenceTwoTowerMixin`]): their outputs and the L2-normalised projected
+    features `(vision, text, vision_embeds, text_embeds)`. Shared by the image and the video models."""
+    flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions, "return_dict": True}
+    vision_outputs = model.vision_model(pixel_values=pixel_values, **flags)
+    text_outputs = model.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **flags)
     vision_embeds = F.normalize(model.visual_projection(vision_outputs.pooler_output), dim=-1)
     text_embeds = F.normalize(model.text_projection(text_outputs.pooler_output), dim=-1)
     return vision_outputs, text_outputs, vision_embeds, text_embeds
@@ -375,23 +380,37 @@ class FlorenceOutput(ModelOutput):
     vision_model_output: FlorenceVisionModelOutput | None = None
 
     def to_tuple(self) -> tuple[Any]:
-        return tuple(
-            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
-            for k in self.keys()
-        )
+        return nested_to_tuple(self)
 
 
-class FlorenceModel(FlorencePreTrainedModel):
-    """Florence: CoSwin image tower + text tower, bias-free projections, learnable temperature, UniCL loss."""
+def nested_to_tuple(output: ModelOutput) -> tuple[Any]:
+    """`to_tuple` of a two-tower output: the towers' outputs become tuples too (as Transformers' `CLIPOutput`)."""
+    return tuple(
+        output[k] if k not in ("text_model_output", "vision_model_output") else getattr(output, k).to_tuple()
+        for k in output.keys()
+    )
 
-    config_class = FlorenceConfig
-    main_input_name = "input_ids"
 
-    def __init__(self, config: FlorenceConfig):
-        super().__init__(config)
+class FlorenceTwoTowerMixin:
+    """The two-tower contract shared by [`FlorenceModel`] (images) and `FlorenceVideoModel` (clips): towers and
+    projections (one init mechanism: `init_std` on each projection), input checks, `get_text_features`, the
+    vision-side features, the CLIP temperature, the UniCL loss call and the output.
+
+    A subclass names its vision tower class and its output: `vision_tower_class`, `output_class`, the output's
+    vision-side field names (`logits_name`, `embeds_name`) and what a vision input is called in messages (`items`)."""
+
+    vision_tower_class: type[nn.Module]
+    output_class: type[ModelOutput]
+    logits_name: str = "logits_per_image"
+    embeds_name: str = "image_embeds"
+    items: str = "images"
+    pair_name: str = "image"
+
+    def build_towers(self, config) -> None:
+        """The towers, the bias-free projections (CLIP's init, recorded on each by `init_std`) and the temperature."""
         self.vision_embed_dim = config.vision_config.hidden_size
         self.text_embed_dim = config.text_config.hidden_size
-        self.vision_model = FlorenceVisionModel._from_config(config.vision_config)
+        self.vision_model = self.vision_tower_class._from_config(config.vision_config)
         self.text_model = FlorenceTextModel._from_config(config.text_config)
         factor = config.initializer_factor or 1.0
         self.visual_projection = init_std(
@@ -401,7 +420,6 @@ class FlorenceModel(FlorencePreTrainedModel):
             nn.Linear(self.text_embed_dim, config.projection_dim, bias=False), self.text_embed_dim**-0.5 * factor
         )
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-        self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_model.get_input_embeddings()
@@ -430,6 +448,73 @@ class FlorenceModel(FlorencePreTrainedModel):
         text_outputs.pooler_output = self.text_projection(text_outputs.pooler_output)
         return text_outputs
 
+    def projected_vision_outputs(self, pixel_values: torch.Tensor, **kwargs):
+        """The vision tower's output whose `pooler_output` is the projected (not normalised) vision feature."""
+        vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        vision_outputs.pooler_output = self.visual_projection(vision_outputs.pooler_output)
+        return vision_outputs
+
+    def temperature(self) -> torch.Tensor:
+        """exp(logit_scale), clamped at 100 as in CLIP so the softmax cannot collapse onto one pair."""
+        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+
+    def check_pairs(self, input_ids, pixel_values, labels, return_loss: bool | None) -> bool:
+        """Clear errors for a call the model cannot score; returns whether the loss is asked for."""
+        if input_ids is None or pixel_values is None:
+            raise ValueError(f"{type(self).__name__}.forward needs both input_ids and pixel_values ({self.items})")
+        return_loss = return_loss if return_loss is not None else labels is not None
+        if return_loss and input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"The UniCL loss needs {self.pair_name}-text pairs, but got {pixel_values.shape[0]} {self.items} and "
+                f"{input_ids.shape[0]} texts"
+            )
+        if return_loss and labels is not None and labels.shape != (input_ids.shape[0],):
+            raise ValueError(
+                f"labels must have shape ({input_ids.shape[0]},): one int64 UniCL label per {self.pair_name}-text "
+                f"pair, got {tuple(labels.shape)}"
+            )
+        return return_loss
+
+    def score_pairs(self, input_ids, pixel_values, labels=None, return_loss=None, attention_mask=None,
+                    position_ids=None, output_hidden_states=None, output_attentions=None, return_dict=None):
+        """The two-tower forward: both towers, the scaled cosine similarities, the UniCL loss when asked for."""
+        output_hidden_states, output_attentions, return_dict = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
+        return_loss = self.check_pairs(input_ids, pixel_values, labels, return_loss)
+        vision_outputs, text_outputs, vision_embeds, text_embeds = encode_pairs(
+            self, pixel_values, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions
+        )
+        scale = self.temperature()
+        # The call's own (texts, images) scores: inference never communicates across processes.
+        logits_per_text = scale * text_embeds @ vision_embeds.t()
+        # The training loss is the only collective: under torch.distributed it compares this process's pairs with
+        # the global batch (gathered with gradients), so N processes of b pairs equal one process with N * b.
+        loss = global_batch_unicl_loss(vision_embeds, text_embeds, scale, labels) if return_loss else None
+        output = self.output_class(
+            loss=loss,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+            **{self.logits_name: logits_per_text.t(), self.embeds_name: vision_embeds},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class FlorenceModel(FlorenceTwoTowerMixin, FlorencePreTrainedModel):
+    """Florence: CoSwin image tower + text tower, bias-free projections, learnable temperature, UniCL loss."""
+
+    config_class = FlorenceConfig
+    main_input_name = "input_ids"
+    vision_tower_class = FlorenceVisionModel
+    output_class = FlorenceOutput
+
+    def __init__(self, config: FlorenceConfig):
+        super().__init__(config)
+        self.build_towers(config)
+        self.post_init()
+
     @can_return_tuple
     def get_image_features(
         self,
@@ -440,19 +525,9 @@ class FlorenceModel(FlorencePreTrainedModel):
     ) -> FlorenceVisionModelOutput | tuple:
         """The image tower's output (a `BaseModelOutputWithPooling` with the per-stage maps) whose `pooler_output` is
         the projected (not normalised) image feature `(B, projection_dim)`."""
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-            **kwargs,
+        return self.projected_vision_outputs(
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions, **kwargs
         )
-        vision_outputs.pooler_output = self.visual_projection(vision_outputs.pooler_output)
-        return vision_outputs
-
-    def temperature(self) -> torch.Tensor:
-        """exp(logit_scale), clamped at 100 as in CLIP so the softmax cannot collapse onto one pair."""
-        return self.logit_scale.clamp(max=math.log(100.0)).exp()
 
     def forward(
         self,
@@ -472,47 +547,17 @@ class FlorenceModel(FlorencePreTrainedModel):
             other); without them each image's positive is its own text (CLIP). Giving labels implies `return_loss`.
         return_loss: whether to compute the UniCL loss.
         """
-        output_hidden_states, output_attentions, return_dict = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions, return_dict
-        )
-        if input_ids is None or pixel_values is None:
-            raise ValueError("FlorenceModel.forward needs both input_ids and pixel_values")
         kwargs.pop("token_type_ids", None)
-        return_loss = return_loss if return_loss is not None else labels is not None
-        if return_loss:
-            if input_ids.shape[0] != pixel_values.shape[0]:
-                raise ValueError(
-                    f"The UniCL loss needs image-text pairs, but got {pixel_values.shape[0]} images and "
-                    f"{input_ids.shape[0]} texts"
-                )
-            if labels is not None and labels.shape != (input_ids.shape[0],):
-                raise ValueError(
-                    f"labels must have shape ({input_ids.shape[0]},): one int64 UniCL label per image-text pair, "
-                    f"got {tuple(labels.shape)}"
-                )
-
-        vision_outputs, text_outputs, image_embeds, text_embeds = encode_pairs(
-            self, pixel_values, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions
+        return self.score_pairs(
+            input_ids, pixel_values, labels, return_loss, attention_mask, position_ids, output_hidden_states,
+            output_attentions, return_dict,
         )
-        scale = self.temperature()
-        # The call's own (texts, images) scores: inference never communicates across processes.
-        logits_per_text = scale * text_embeds @ image_embeds.t()
-        logits_per_image = logits_per_text.t()
-
-        # The training loss is the only collective: under torch.distributed it compares this process's pairs with
-        # the global batch (gathered with gradients), so N processes of b pairs equal one process with N * b.
-        loss = global_batch_unicl_loss(image_embeds, text_embeds, scale, labels) if return_loss else None
-
-        output = FlorenceOutput(
-            loss=loss,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
-            image_embeds=image_embeds,
-            text_model_output=text_outputs,
-            vision_model_output=vision_outputs,
-        )
-        return output if return_dict else output.to_tuple()
 
 
-__all__ = ["FlorenceModel", "FlorenceOutput", "FlorencePreTrainedModel", "FlorenceTextModel", "unicl_loss"]
+__all__ = [
+    "FlorenceModel",
+    "FlorenceOutput",
+    "FlorencePreTrainedModel",
+    "FlorenceTextModel",
+    "unicl_loss",
+]

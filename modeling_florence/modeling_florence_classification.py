@@ -137,7 +137,7 @@ class FlorenceForImageClassification(FlorenceVisionPreTrainedModel):
         At step 0 the predictions equal `zero_shot_classification`'s on the same images (the logits are the
         zero-shot ones scaled by the norm of each image's projected feature).
         """
-        from .evaluation_florence import load_templates, zero_shot_classifier
+        from .zero_shot_florence import load_templates, zero_shot_classifier
         from .modeling_florence import FlorenceModel
 
         names = check_class_names(class_names)

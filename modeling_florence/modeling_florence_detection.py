@@ -5,9 +5,10 @@
   layout of `FlorenceVisionBackbone`, so CoSwin, two-tower, backbone and detector folders exchange weights.
 - **FPN** on stages 2-4 with P6/P7 from P5 (detectron2's `LastLevelP6P7`).
 - **Dynamic Head** blocks (Dai et al., 2021), per level L: spatial-aware = modulated deformable 3x3 convolutions
-  (`torchvision.ops.deform_conv2d` with `mask`, DCNv2) on levels L-1 (stride 2), L and L+1 (then upsampled), sharing
-  offsets and mask from one 3x3 conv on level L, each followed by GroupNorm; scale-aware = avgpool -> 1x1 conv ->
-  ReLU -> hard sigmoid weights, averaged over the branches; task-aware = DyReLU.
+  (DCNv2: torchvision's `deform_conv2d` with `mask` on CUDA, grid_sample + one GEMM on CPU) on levels L-1
+  (stride 2), L and L+1 (then upsampled), sharing offsets and mask from one 3x3 conv on level L, each followed by
+  GroupNorm; scale-aware = avgpool -> 1x1 conv -> ReLU -> hard sigmoid weights, averaged over the branches;
+  task-aware = DyReLU.
 - **ATSS head**: 1x1 classification, box-delta (x a learned per-level scale) and centerness convolutions on one
   square anchor per location. Closed set: a 1x1 conv to `num_labels`. Open vocabulary: region features projected to
   the text space, cosine similarity with class-name embeddings of the text tower, times a learned scale plus a
@@ -27,14 +28,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_convert, box_iou, deform_conv2d, generalized_box_iou_loss, sigmoid_focal_loss
-from transformers import PreTrainedModel
+from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_florence_detection import STAGE_NAMES, FlorenceDetectionConfig
-from .modeling_coswin import FlorenceVisionModel, resolve_output_flags
+from .deform_conv_florence import modulated_deform_conv2d
+from .modeling_coswin import FlorencePreTrainedBase, FlorenceVisionModel, resolve_output_flags
 from .modeling_florence import FlorenceTextModel, is_tracing
 
 # Largest exp() argument when decoding box sizes, as detectron2/maskrcnn-benchmark (boxes up to 1000/16 anchors).
@@ -130,9 +131,8 @@ OFFSET_FITTERS = {"mmdet": crop_offsets, "detectron2": flatten_offsets}
 
 
 class FlorenceModulatedDeformConv(nn.Module):
-    """3x3 modulated deformable convolution (DCNv2) through `torchvision.ops.deform_conv2d` with `mask`.
-
-    torchvision's kernels have no bfloat16 version: bfloat16 inputs are computed in float32 and cast back."""
+    """3x3 modulated deformable convolution (DCNv2, `torchvision.ops.deform_conv2d` with `mask` semantics) through
+    `modulated_deform_conv2d`: torchvision's kernel on CUDA, grid_sample + one GEMM on CPU (see deform_conv_florence)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -142,13 +142,7 @@ class FlorenceModulatedDeformConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        compute = torch.float32 if dtype == torch.bfloat16 else dtype
-        out = deform_conv2d(
-            x.to(compute), offset.to(compute), self.weight.to(compute), self.bias.to(compute),
-            stride=self.stride, padding=1, mask=mask.to(compute),
-        )
-        return out.to(dtype)
+        return modulated_deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=1, mask=mask)
 
 
 class FlorenceDyHeadSpatialConv(nn.Module):
@@ -403,17 +397,12 @@ class FlorenceATSSLoss(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------------------------------
-class FlorenceDetectionPreTrainedModel(PreTrainedModel):
+class FlorenceDetectionPreTrainedModel(FlorencePreTrainedBase):
     config_class = FlorenceDetectionConfig
     base_model_prefix = "florence_detection"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
     _no_split_modules = ["FlorenceVisionLayer", "FlorenceTextLayer", "FlorenceDyHeadBlock"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = True
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
@@ -469,6 +458,9 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
     (`set_class_names`) are used, so `pipeline("object-detection")` serves its `id2label` too."""
 
     def __init__(self, config: FlorenceDetectionConfig):
+        if not config.is_open_vocabulary and config.num_labels < 1:
+            raise ValueError(f"A closed-set detector needs at least one class, got num_labels={config.num_labels}: "
+                             "set num_labels (or id2label), or give text_config for an open-vocabulary detector")
         super().__init__(config)
         vision_config = config.vision_config
         self.vision_model = FlorenceVisionModel._from_config(vision_config)

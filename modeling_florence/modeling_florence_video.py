@@ -10,7 +10,8 @@
   and text-video retrieval, trained with the UniCL loss like [`FlorenceModel`].
 - [`FlorenceForVideoClassification`]: Video CoSwin + a linear head on the pooled feature.
 
-All three build from a pretrained image model in one call with `from_image_model` (inflation: 2-D kernels spread
+All three build from a pretrained Florence image model in one call with `from_florence` (`from_image_model` is its
+deprecated alias for one release) (inflation: 2-D kernels spread
 over time as `W / k_t`, the relative-position bias copied along the temporal offsets).
 
 Clips are `(batch, frames, channels, height, width)` (the `pixel_values_videos` layout of Transformers' video
@@ -20,7 +21,7 @@ stage whose map is no larger than the window along an axis uses a window of the 
 """
 
 import math
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,24 +29,30 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_florence_video import FlorenceVideoConfig, FlorenceVideoVisionConfig
 from .modeling_coswin import (
-    SHIFTED_WINDOW_MASK_VALUE,
-    FlorenceDropPath,
+    FlorencePreTrainedBase,
+    WINDOW_BIAS_INDEX,
     FlorenceStageBase,
-    FlorenceVisionMLP,
+    FlorenceVisionModelOutput,
+    FlorenceVisionPatchMerging,
     FlorenceWindowAttentionBase,
-    record_tokens,
+    FlorenceWindowLayer,
+    FlorenceWindowPreTrainedModel,
+    build_stages,
+    relative_position_index,
     resolve_output_flags,
+    shifted_window_mask,
+    subtable_index,
+    truncated_index,
+    window_partition,
+    window_reverse,
 )
-from .loss_florence import global_batch_unicl_loss
-from .modeling_florence import FlorenceTextModel, encode_pairs
+from .modeling_florence import FlorenceTwoTowerMixin, nested_to_tuple
 
 Size3 = tuple[int, int, int]
 
@@ -54,23 +61,17 @@ Size3 = tuple[int, int, int]
 # Outputs
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass
-class FlorenceVideoVisionModelOutput(ModelOutput):
+class FlorenceVideoVisionModelOutput(FlorenceVisionModelOutput):
     """
-    Output of [`FlorenceVideoVisionModel`].
+    Output of [`FlorenceVideoVisionModel`]: the fields of [`FlorenceVisionModelOutput`], in the same order.
 
     Args:
         last_hidden_state: `(B, L, C)` tokens of the last stage (`L = T' * H' * W'`) after the final LayerNorm.
         pooler_output: `(B, C)` global average of `last_hidden_state` (the video feature).
-        feature_maps: per-stage `(B, C_i, T', H_i, W_i)` maps (before the final LayerNorm) for dense heads.
         hidden_states: with `output_hidden_states=True`, `(B, L_i, C_i)` tokens after the tokenizer and each stage.
         attentions: with `output_attentions=True` (eager attention), per-block `(B * windows, heads, N, N)` weights.
+        feature_maps: per-stage `(B, C_i, T', H_i, W_i)` maps (before the final LayerNorm) for dense heads.
     """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    feature_maps: tuple[torch.FloatTensor, ...] | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -95,10 +96,7 @@ class FlorenceVideoOutput(ModelOutput):
     vision_model_output: FlorenceVideoVisionModelOutput | None = None
 
     def to_tuple(self) -> tuple[Any]:
-        return tuple(
-            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
-            for k in self.keys()
-        )
+        return nested_to_tuple(self)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -168,120 +166,51 @@ class FlorenceVideoConvDownsample(nn.Module):
         return self.norm(self.projection(hidden_states).permute(0, 2, 3, 4, 1))
 
 
-class FlorenceVideoPatchMerging(nn.Module):
-    """Video Swin's merging: per frame, concatenate each 2x2 neighbourhood (x00, x10, x01, x11), LayerNorm, linear."""
-
-    def __init__(self, config: FlorenceVideoVisionConfig, dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        batch, time, height, width, channels = hidden_states.shape
-        if height % 2 or width % 2:
-            hidden_states = F.pad(hidden_states, (0, 0, 0, width % 2, 0, height % 2))
-            height, width = height + height % 2, width + width % 2
-        # (B, T, H/2, 2[h], W/2, 2[w], C) -> (B, T, H/2, W/2, 2[w], 2[h], C): the order x00, x10, x01, x11.
-        hidden_states = hidden_states.reshape(batch, time, height // 2, 2, width // 2, 2, channels)
-        hidden_states = hidden_states.permute(0, 1, 2, 4, 5, 3, 6).flatten(4)
-        return self.reduction(self.norm(hidden_states))
+class FlorenceVideoPatchMerging(FlorenceVisionPatchMerging):
+    """Video Swin's merging: CoSwin's patch merging applied per frame (x00, x10, x01, x11, LayerNorm, linear)."""
 
 
-EMBEDDING_CLASSES = {"conv": FlorenceVideoConvEmbeddings, "linear": FlorenceVideoPatchEmbeddings}
-DOWNSAMPLE_CLASSES = {"conv": FlorenceVideoConvDownsample, "merge": FlorenceVideoPatchMerging}
+# The variants a config selects, chosen once at construction (the names of the 2-D tower; the old names are aliases).
+PATCH_EMBEDDINGS = {"conv": FlorenceVideoConvEmbeddings, "linear": FlorenceVideoPatchEmbeddings}
+DOWNSAMPLERS = {"conv": FlorenceVideoConvDownsample, "merge": FlorenceVideoPatchMerging}
+EMBEDDING_CLASSES = PATCH_EMBEDDINGS  # deprecated alias, removed in the next release
+DOWNSAMPLE_CLASSES = DOWNSAMPLERS  # deprecated alias, removed in the next release
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 3-D windows
+# 3-D windows: the window core of modeling_coswin with 3-D window tuples
 # ----------------------------------------------------------------------------------------------------------------------
 def window_partition_3d(hidden_states: torch.Tensor, window: Size3) -> torch.Tensor:
-    """`(B, T, H, W, C)` with sizes that are window multiples -> `(B * windows, wt * wh * ww, C)`."""
-    batch, time, height, width, channels = hidden_states.shape
-    wt, wh, ww = window
-    hidden_states = hidden_states.view(batch, time // wt, wt, height // wh, wh, width // ww, ww, channels)
-    return hidden_states.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, wt * wh * ww, channels)
+    """`(B, T, H, W, C)` -> `(B * windows, wt * wh * ww, C)`: :func:`window_partition` with a 3-D window."""
+    return window_partition(hidden_states, window)
 
 
 def window_reverse_3d(windows: torch.Tensor, window: Size3, size: Size3) -> torch.Tensor:
     """Inverse of :func:`window_partition_3d` for a padded map of `size = (T, H, W)`."""
-    (wt, wh, ww), (time, height, width) = window, size
-    channels = windows.shape[-1]
-    windows = windows.view(-1, time // wt, height // wh, width // ww, wt, wh, ww, channels)
-    return windows.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(-1, time, height, width, channels)
+    return window_reverse(windows, window, *size)
 
 
 def relative_position_index_3d(window: Size3, table_window: Size3, device=None) -> torch.Tensor:
-    """`(N, N)` index into a `(2Wt-1)(2Wh-1)(2Ww-1)` bias table (of `table_window`) for every token pair of `window`.
-
-    Row-major over (dt, dh, dw): index = dt * (2Wh-1)(2Ww-1) + dh * (2Ww-1) + dw, offsets shifted to start at 0."""
-    coords = torch.stack(
-        torch.meshgrid(*(torch.arange(size, device=device) for size in window), indexing="ij")
-    ).flatten(1)
-    relative = coords[:, :, None] - coords[:, None, :]
-    _, table_h, table_w = table_window
-    offsets = [relative[axis] + (table_window[axis] - 1) for axis in range(3)]
-    return offsets[0] * (2 * table_h - 1) * (2 * table_w - 1) + offsets[1] * (2 * table_w - 1) + offsets[2]
-
-
-def subtable_index(window: Size3, table_window: Size3, full_index: torch.Tensor) -> torch.Tensor:
-    """Index of a shrunk window: the exact relative offsets of its token pairs (consistent with the 2-D CoSwin)."""
-    return relative_position_index_3d(window, table_window, device=full_index.device)
-
-
-def truncated_index(window: Size3, table_window: Size3, full_index: torch.Tensor) -> torch.Tensor:
-    """Index of a shrunk window as Video Swin and torchvision take it: the first `N` rows and columns of the full
-    window's index. Equal to :func:`subtable_index` when only the temporal window shrinks."""
-    tokens = window[0] * window[1] * window[2]
-    return full_index[:tokens, :tokens]
-
-
-WINDOW_BIAS_INDEX = {"subtable": subtable_index, "truncated": truncated_index}
+    """`(N, N)` index into a `(2Wt-1)(2Wh-1)(2Ww-1)` bias table: :func:`relative_position_index` in 3-D."""
+    return relative_position_index(window, table_window, device=device)
 
 
 def shifted_window_mask_3d(padded_size: Size3, window: Size3, shift: Size3, device, dtype) -> torch.Tensor:
-    """`(windows, N, N)` additive mask keeping attention inside the regions a cyclic shift brought together."""
-    region = torch.zeros(padded_size, device=device, dtype=torch.int32)
-    axis_slices = [
-        (slice(0, -size), slice(-size, -step or None), slice(-step or None, None)) for size, step in zip(window, shift)
-    ]
-    count = 0
-    for t_slice in axis_slices[0]:
-        for h_slice in axis_slices[1]:
-            for w_slice in axis_slices[2]:
-                region[t_slice, h_slice, w_slice] = count
-                count += 1
-    region_windows = window_partition_3d(region[None, ..., None], window).squeeze(-1)
-    different = region_windows[:, None, :] != region_windows[:, :, None]
-    return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill_(different, SHIFTED_WINDOW_MASK_VALUE)
+    """`(windows, N, N)` shifted-window mask: :func:`shifted_window_mask` in 3-D."""
+    return shifted_window_mask(padded_size, window, shift, device, dtype)
 
 
 class FlorenceVideoWindowAttention(FlorenceWindowAttentionBase):
     """Multi-head self-attention inside 3-D windows with a learned 3-D relative-position bias per head (the 2-D
-    CoSwin's attention with a `(2Wt-1)(2Wh-1)(2Ww-1)`-row table)."""
+    CoSwin's attention with a `(2Wt-1)(2Wh-1)(2Ww-1)`-row table); a shrunk window reads it as `config.window_bias`
+    says."""
 
     def __init__(self, config: FlorenceVideoVisionConfig, dim: int, num_heads: int, window_size: Size3):
-        window_size = tuple(window_size)
-        super().__init__(config, dim, num_heads, math.prod(2 * size - 1 for size in window_size))
-        self.window_size = window_size
-        self.register_buffer(
-            "relative_position_index",
-            relative_position_index_3d(self.window_size, self.window_size),
-            persistent=False,
-        )
-        self.shrunk_window_index: Callable = WINDOW_BIAS_INDEX[config.window_bias]
-
-    def relative_position_bias(self, window: Size3) -> torch.Tensor:
-        """`(heads, N, N)` bias for a window (the configured one, or one shrunk to a small feature map)."""
-        if window == self.window_size:
-            index = self.relative_position_index
-        else:
-            index = self.shrunk_window_index(window, self.window_size, self.relative_position_index)
-        return self.gather_bias(index, window[0] * window[1] * window[2])
+        super().__init__(config, dim, num_heads, tuple(window_size), WINDOW_BIAS_INDEX[config.window_bias])
 
 
-class FlorenceVideoLayer(GradientCheckpointingLayer):
-    """One Video Swin block: 3-D (shifted-)window attention and an MLP, each pre-LN with a residual and stochastic
-    depth."""
+class FlorenceVideoLayer(FlorenceWindowLayer):
+    """One Video Swin block: :class:`FlorenceWindowLayer` over 3-D maps with `(t, h, w)` windows."""
 
     def __init__(
         self,
@@ -292,73 +221,18 @@ class FlorenceVideoLayer(GradientCheckpointingLayer):
         shifted: bool,
         drop_path_rate: float,
     ):
-        super().__init__()
-        self.window_size = tuple(window_size)
-        self.shifted = shifted
-        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.attn = FlorenceVideoWindowAttention(config, dim, num_heads, self.window_size)
-        self.drop_path = FlorenceDropPath(drop_path_rate)
-        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp = FlorenceVisionMLP(config, dim)
-        self._mask_cache: dict = {}
-
-    def window_and_shift(self, size: Size3) -> tuple[Size3, Size3]:
-        """Per axis: a map no larger than the window gets a window of its own size and no shift (Video Swin's rule)."""
-        window = tuple(min(extent, limit) for extent, limit in zip(size, self.window_size))
-        shift = tuple(
-            limit // 2 if self.shifted and extent > limit else 0 for extent, limit in zip(size, self.window_size)
-        )
-        return window, shift
-
-    def shift_mask(self, padded_size: Size3, window: Size3, shift: Size3, device, dtype) -> torch.Tensor:
-        key = (padded_size, window, shift, device, dtype)
-        if key not in self._mask_cache:
-            self._mask_cache.clear()
-            self._mask_cache[key] = shifted_window_mask_3d(padded_size, window, shift, device, dtype)
-        return self._mask_cache[key]
-
-    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
-        size = tuple(hidden_states.shape[1:4])
-        window, shift = self.window_and_shift(size)
-        shortcut = hidden_states
-        hidden_states = self.norm1(hidden_states)
-
-        pad_t, pad_h, pad_w = ((-extent) % limit for extent, limit in zip(size, window))
-        if pad_t or pad_h or pad_w:
-            hidden_states = F.pad(hidden_states, (0, 0, 0, pad_w, 0, pad_h, 0, pad_t))
-        padded_size = (size[0] + pad_t, size[1] + pad_h, size[2] + pad_w)
-        has_shift = any(shift)
-        if has_shift:
-            hidden_states = torch.roll(hidden_states, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-            mask = self.shift_mask(padded_size, window, shift, hidden_states.device, hidden_states.dtype)
-        else:
-            mask = None
-
-        windows = window_partition_3d(hidden_states, window)
-        attn_windows, attn_weights = self.attn(windows, window, mask, output_attentions=output_attentions, **kwargs)
-        hidden_states = window_reverse_3d(attn_windows, window, padded_size)
-        if has_shift:
-            hidden_states = torch.roll(hidden_states, shifts=shift, dims=(1, 2, 3))
-        if pad_t or pad_h or pad_w:
-            hidden_states = hidden_states[:, : size[0], : size[1], : size[2], :]
-
-        hidden_states = shortcut + self.drop_path(hidden_states)
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
-        return (hidden_states, attn_weights) if output_attentions else (hidden_states,)
+        attention = FlorenceVideoWindowAttention(config, dim, num_heads, window_size)
+        super().__init__(config, dim, attention, shifted, drop_path_rate)
 
 
 class FlorenceVideoStage(FlorenceStageBase):
     """Merging (every stage but the first) followed by blocks alternating plain and shifted 3-D windows."""
 
-    def __init__(self, config: FlorenceVideoVisionConfig, stage: int, drop_path_rates: list[float]):
-        super().__init__()
-        dim = config.stage_dims[stage]
+    downsamplers = DOWNSAMPLERS
+
+    def make_block(self, config, stage, dim, shifted, drop_path_rate):
         window = config.stage_window_sizes[stage]
-        self.downsample = DOWNSAMPLE_CLASSES[config.downsample](config, dim // 2) if stage > 0 else None
-        self.blocks = nn.ModuleList(
-            FlorenceVideoLayer(config, dim, config.num_heads[stage], window, shifted=index % 2 == 1, drop_path_rate=rate)
-            for index, rate in enumerate(drop_path_rates)
-        )
+        return FlorenceVideoLayer(config, dim, config.num_heads[stage], window, shifted, drop_path_rate)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -450,6 +324,19 @@ def inflate_vision_weights(image_tower: nn.Module, video_tower: "FlorenceVideoVi
     video_tower.load_state_dict(inflated, strict=False)
 
 
+def deprecated_alias(new_name: str, old_name: str) -> classmethod:
+    """A classmethod `old_name` that warns (`FutureWarning`) and calls the classmethod `new_name`."""
+
+    def alias(cls, *args, **kwargs):
+        warnings.warn(f"{cls.__name__}.{old_name} is deprecated and will be removed in the next release: use "
+                      f"{cls.__name__}.{new_name}", FutureWarning, stacklevel=2)
+        return getattr(cls, new_name)(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old_name
+    alias.__doc__ = f"Deprecated alias of `{new_name}` (removed in the next release)."
+    return classmethod(alias)
+
+
 def load_image_model(image_model_or_folder, **kwargs) -> nn.Module:
     """A loaded `FlorenceModel` / `FlorenceVisionModel`, or the model saved in a folder (either kind)."""
     if not isinstance(image_model_or_folder, (str, Path)):
@@ -481,24 +368,15 @@ def _image_towers(image_model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Video CoSwin
 # ----------------------------------------------------------------------------------------------------------------------
-def _init_video_vision_module(module: nn.Module, std: float) -> None:
-    """Swin's init: truncated normal for weights and bias tables, zero biases, LayerNorm at identity."""
-    if isinstance(module, (nn.Linear, nn.Conv3d)):
-        init.trunc_normal_(module.weight, std=std)
-        if module.bias is not None:
-            init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        init.ones_(module.weight)
-        init.zeros_(module.bias)
-    elif isinstance(module, FlorenceVideoWindowAttention):
-        init.trunc_normal_(module.relative_position_bias_table, std=std)
-        init.copy_(module.relative_position_index, relative_position_index_3d(module.window_size, module.window_size))
-
-
 def check_pixel_values_videos(config: FlorenceVideoVisionConfig, pixel_values: torch.Tensor | None) -> None:
     """Clear errors for inputs a video model cannot process."""
     if pixel_values is None:
         raise ValueError("pixel_values (or pixel_values_videos) is required")
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(
+            f"pixel_values must be a tensor, got {type(pixel_values).__name__}: pass the processor output's "
+            "`pixel_values_videos` (or unpack it: `model(**inputs)`), not the whole output"
+        )
     expected = f"(batch, frames, {config.num_channels}, height, width)"
     if pixel_values.ndim == 4:
         raise ValueError(
@@ -525,21 +403,12 @@ def check_pixel_values_videos(config: FlorenceVideoVisionConfig, pixel_values: t
         )
 
 
-class FlorenceVideoVisionPreTrainedModel(PreTrainedModel):
+class FlorenceVideoVisionPreTrainedModel(FlorenceWindowPreTrainedModel):
     config_class = FlorenceVideoVisionConfig
     base_model_prefix = "vision_model"
     main_input_name = "pixel_values"
     input_modalities = ("video",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["FlorenceVideoLayer", "FlorenceVideoConvDownsample", "FlorenceVideoPatchMerging"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = True
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        _init_video_vision_module(module, self.config.initializer_range)
 
 
 class FlorenceVideoVisionModel(FlorenceVideoVisionPreTrainedModel):
@@ -549,22 +418,18 @@ class FlorenceVideoVisionModel(FlorenceVideoVisionPreTrainedModel):
 
     def __init__(self, config: FlorenceVideoVisionConfig):
         super().__init__(config)
-        self.embeddings = EMBEDDING_CLASSES[config.patch_embed](config)
-        total = sum(config.depths)  # stochastic depth grows linearly over all blocks
-        rates = [config.drop_path_rate * index / max(total - 1, 1) for index in range(total)]
-        starts = [sum(config.depths[:stage]) for stage in range(len(config.depths))]
-        self.stages = nn.ModuleList(
-            FlorenceVideoStage(config, stage, rates[start : start + depth])
-            for stage, (start, depth) in enumerate(zip(starts, config.depths))
-        )
+        self.embeddings = PATCH_EMBEDDINGS[config.patch_embed](config)
+        self.stages = build_stages(config, FlorenceVideoStage)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.projection
 
+    from_image_model = deprecated_alias("from_florence", "from_image_model")
+
     @classmethod
-    def from_image_model(cls, image_model_or_folder, num_frames: int | None = None, **video_kwargs):
+    def from_florence(cls, image_model_or_folder, num_frames: int | None = None, **video_kwargs):
         """Inflate the image tower of a `FlorenceModel` / `FlorenceVisionModel` (object or saved folder).
 
         `num_frames`, `patch_size` (temporal), `window_size`, `window_sizes` and other vision fields as in
@@ -595,23 +460,8 @@ class FlorenceVideoVisionModel(FlorenceVideoVisionPreTrainedModel):
         pixel_values = pixel_values.to(self.embeddings.projection.weight.dtype)
 
         hidden_states = self.embeddings(pixel_values.transpose(1, 2))
-        hidden_states, all_hidden_states = record_tokens(hidden_states, () if output_hidden_states else None)
-        all_attentions = () if output_attentions else None
-        feature_maps = ()
-        for stage in self.stages:
-            hidden_states, attentions = stage(hidden_states, output_attentions=output_attentions, **kwargs)
-            hidden_states, all_hidden_states = record_tokens(hidden_states, all_hidden_states)
-            feature_maps += (hidden_states.permute(0, 4, 1, 2, 3),)
-            if output_attentions:
-                all_attentions += attentions
-
-        last_hidden_state = self.layernorm(hidden_states.flatten(1, 3))
         output = FlorenceVideoVisionModelOutput(
-            last_hidden_state=last_hidden_state,
-            pooler_output=last_hidden_state.mean(dim=1),
-            feature_maps=feature_maps,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
+            **self.encode_stages(hidden_states, output_hidden_states, output_attentions, **kwargs)
         )
         return output if return_dict else output.to_tuple()
 
@@ -634,17 +484,12 @@ def average_views(values: torch.Tensor, num_views) -> torch.Tensor:
     return values.view(values.shape[0] // views, views, *values.shape[1:])
 
 
-class FlorenceVideoPreTrainedModel(PreTrainedModel):
+class FlorenceVideoPreTrainedModel(FlorencePreTrainedBase):
     config_class = FlorenceVideoConfig
     base_model_prefix = "florence_video"
     main_input_name = "pixel_values"
     input_modalities = ("video", "text")
-    supports_gradient_checkpointing = True
     _no_split_modules = ["FlorenceTextEmbeddings", "FlorenceTextLayer", "FlorenceVideoLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -652,45 +497,44 @@ class FlorenceVideoPreTrainedModel(PreTrainedModel):
         the projections, Swin's for the classification head, the configured temperature.
 
         Heads are matched at their own module (Transformers skips a custom-code module without direct parameters)."""
-        factor = self.config.initializer_factor or 1.0
         if module is getattr(self, "classifier", None):
             init.trunc_normal_(module.weight, std=self.config.vision_config.initializer_range)
             init.zeros_(module.bias)
-        elif module is getattr(self, "visual_projection", None) or module is getattr(self, "text_projection", None):
-            init.normal_(module.weight, std=module.in_features**-0.5 * factor)
+        elif isinstance(module, nn.Linear) and hasattr(module, "init_std"):  # the projections, as FlorenceModel's
+            init.normal_(module.weight, std=module.init_std)
         elif isinstance(module, FlorenceVideoModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
-class FlorenceVideoModel(FlorenceVideoPreTrainedModel):
+class FlorenceVideoModel(FlorenceTwoTowerMixin, FlorenceVideoPreTrainedModel):
     """Florence for video: Video CoSwin + text tower, bias-free projections, learnable temperature, UniCL loss.
 
     `logits_per_video[i, j]` scores video `i` against text `j`: zero-shot action recognition takes the class prompts
     as texts, text-video retrieval ranks them."""
 
+    vision_tower_class = FlorenceVideoVisionModel
+    output_class = FlorenceVideoOutput
+    logits_name = "logits_per_video"
+    embeds_name = "video_embeds"
+    items = "clips"
+    pair_name = "video"
+
     def __init__(self, config: FlorenceVideoConfig):
         super().__init__(config)
-        self.vision_embed_dim = config.vision_config.hidden_size
-        self.text_embed_dim = config.text_config.hidden_size
-        self.vision_model = FlorenceVideoVisionModel._from_config(config.vision_config)
-        self.text_model = FlorenceTextModel._from_config(config.text_config)
-        self.visual_projection = nn.Linear(self.vision_embed_dim, config.projection_dim, bias=False)
-        self.text_projection = nn.Linear(self.text_embed_dim, config.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.build_towers(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.get_input_embeddings()
+    from_image_model = deprecated_alias("from_florence", "from_image_model")
 
     @classmethod
-    def from_image_model(cls, image_model_or_folder, num_frames: int | None = None, **video_kwargs):
+    def from_florence(cls, image_model_or_folder, num_frames: int | None = None, **video_kwargs):
         """Inflate a pretrained `FlorenceModel` (object or folder): the image tower becomes Video CoSwin, the text
         tower, both projections and the temperature are copied. Keyword arguments as in
         :func:`video_vision_config_from_image`."""
         image_tower, two_tower = _image_towers(load_image_model(image_model_or_folder))
         if two_tower is None:
-            raise ValueError("FlorenceVideoModel.from_image_model needs a two-tower FlorenceModel (it copies the text "
-                             "tower); inflate a FlorenceVisionModel with FlorenceVideoVisionModel.from_image_model")
+            raise ValueError("FlorenceVideoModel.from_florence needs a two-tower FlorenceModel (it copies the text "
+                             "tower); inflate a FlorenceVisionModel with FlorenceVideoVisionModel.from_florence")
         image_config = two_tower.config
         config = FlorenceVideoConfig(
             vision_config=video_vision_config_from_image(image_tower.config, num_frames=num_frames, **video_kwargs),
@@ -708,30 +552,15 @@ class FlorenceVideoModel(FlorenceVideoPreTrainedModel):
         return model.to(next(two_tower.parameters()).dtype)
 
     @can_return_tuple
-    def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling | tuple:
-        """The text tower's output whose `pooler_output` is the projected (not normalised) text feature, as
-        `FlorenceModel.get_text_features` (Transformers 5)."""
-        text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
-        text_outputs.pooler_output = self.text_projection(text_outputs.pooler_output)
-        return text_outputs
-
-    @can_return_tuple
     def get_video_features(self, pixel_values: torch.Tensor, num_views=None, **kwargs):
         """The video tower's output whose `pooler_output` is the projected video feature `(B, projection_dim)`; with
         `num_views` (clips x crops of one video, as FlorenceVideoProcessor returns them) it is the average of the
         views' L2-normalised features, one row per video."""
-        vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        features = self.visual_projection(vision_outputs.pooler_output)
+        vision_outputs = self.projected_vision_outputs(pixel_values, **kwargs)
         if num_views is not None:
-            features = average_views(F.normalize(features, dim=-1), num_views).mean(dim=1)
-        vision_outputs.pooler_output = features
+            features = F.normalize(vision_outputs.pooler_output, dim=-1)
+            vision_outputs.pooler_output = average_views(features, num_views).mean(dim=1)
         return vision_outputs
-
-    def temperature(self) -> torch.Tensor:
-        """exp(logit_scale), clamped at 100 as in CLIP."""
-        return self.logit_scale.clamp(max=math.log(100.0)).exp()
 
     def forward(
         self,
@@ -752,42 +581,13 @@ class FlorenceVideoModel(FlorenceVideoPreTrainedModel):
         labels: `(B,)` int64 UniCL labels (equal labels = positives); giving them implies `return_loss`.
         return_loss: whether to compute the UniCL loss over the video-text pairs.
         """
-        output_hidden_states, output_attentions, return_dict = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions, return_dict
-        )
         pixel_values = pixel_values if pixel_values is not None else pixel_values_videos
-        if input_ids is None or pixel_values is None:
-            raise ValueError("FlorenceVideoModel.forward needs both input_ids and pixel_values (video clips)")
         kwargs.pop("token_type_ids", None)
         kwargs.pop("num_views", None)
-        return_loss = return_loss if return_loss is not None else labels is not None
-        if return_loss and input_ids.shape[0] != pixel_values.shape[0]:
-            raise ValueError(
-                f"The UniCL loss needs video-text pairs, got {pixel_values.shape[0]} clips and {input_ids.shape[0]} texts"
-            )
-        if return_loss and labels is not None and labels.shape != (input_ids.shape[0],):
-            raise ValueError(f"labels must have shape ({input_ids.shape[0]},), got {tuple(labels.shape)}")
-
-        vision_outputs, text_outputs, video_embeds, text_embeds = encode_pairs(
-            self, pixel_values, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions
+        return self.score_pairs(
+            input_ids, pixel_values, labels, return_loss, attention_mask, position_ids, output_hidden_states,
+            output_attentions, return_dict,
         )
-        scale = self.temperature()
-        logits_per_video = scale * video_embeds @ text_embeds.t()
-        logits_per_text = logits_per_video.t()
-
-        # The training loss is the only collective (see loss_florence): inference never communicates.
-        loss = global_batch_unicl_loss(video_embeds, text_embeds, scale, labels) if return_loss else None
-
-        output = FlorenceVideoOutput(
-            loss=loss,
-            logits_per_video=logits_per_video,
-            logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
-            video_embeds=video_embeds,
-            text_model_output=text_outputs,
-            vision_model_output=vision_outputs,
-        )
-        return output if return_dict else output.to_tuple()
 
 
 class FlorenceForVideoClassification(FlorenceVideoPreTrainedModel):
@@ -811,8 +611,10 @@ class FlorenceForVideoClassification(FlorenceVideoPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.vision_model.get_input_embeddings()
 
+    from_image_model = deprecated_alias("from_florence", "from_image_model")
+
     @classmethod
-    def from_image_model(cls, image_model_or_folder, num_frames: int | None = None, num_labels: int | None = None,
+    def from_florence(cls, image_model_or_folder, num_frames: int | None = None, num_labels: int | None = None,
                          id2label: dict | None = None, label2id: dict | None = None, **video_kwargs):
         """Inflate the image tower of a `FlorenceModel` / `FlorenceVisionModel` (object or folder) and add a fresh
         head over `num_labels` classes (or the classes of `id2label`)."""
@@ -844,13 +646,15 @@ class FlorenceForVideoClassification(FlorenceVideoPreTrainedModel):
     ) -> ImageClassifierOutput | tuple:
         r"""
         pixel_values: `(B * views, T, C, H, W)` clips (or `pixel_values_videos`).
-        labels: `(B,)` class ids; the loss is cross-entropy.
+        labels: `(B,)` class ids; the loss is `self.loss_function` (cross-entropy), as in the image classifier.
         num_views: views per video (default 1); their probabilities are averaged.
         """
         output_hidden_states, output_attentions, return_dict = resolve_output_flags(
             self.config, output_hidden_states, output_attentions, return_dict
         )
         pixel_values = pixel_values if pixel_values is not None else pixel_values_videos
+        # Trainer's `num_items_in_batch` (gradient accumulation) is a loss argument, as in the image classifier.
+        loss_kwargs = {"num_items_in_batch": kwargs.pop("num_items_in_batch")} if "num_items_in_batch" in kwargs else {}
         outputs = self.vision_model(
             pixel_values=pixel_values,
             output_hidden_states=output_hidden_states,
@@ -864,16 +668,29 @@ class FlorenceForVideoClassification(FlorenceVideoPreTrainedModel):
 
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device).long()
-            if labels.shape != (logits.shape[0],):
-                raise ValueError(f"labels must have shape ({logits.shape[0]},) (one class id per video), got "
-                                 f"{tuple(labels.shape)}")
-            loss = F.cross_entropy(logits.float(), labels)
+            labels = check_video_labels(logits, labels)
+            if bool((labels == -100).all()):  # cross-entropy would be NaN; 0 keeps the graph (zero gradients)
+                loss = logits.float().sum() * 0.0
+            else:  # Transformers' classification loss, as FlorenceForImageClassification
+                loss = self.loss_function(labels, logits, self.config, **loss_kwargs)
 
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
         return output if return_dict else output.to_tuple()
+
+
+def check_video_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Labels as one class id in [0, num_labels) per video, or -100 to ignore a video; a clear error otherwise."""
+    labels = labels.to(logits.device).long()
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape ({logits.shape[0]},) (one class id per video), got "
+                         f"{tuple(labels.shape)}")
+    wrong = labels[(labels != -100) & ((labels < 0) | (labels >= logits.shape[-1]))]
+    if wrong.numel():
+        raise ValueError(f"labels must be class ids in [0, {logits.shape[-1]}) (num_labels) or -100 (ignored), got "
+                         f"{wrong.tolist()[:5]}")
+    return labels
 
 
 __all__ = [

@@ -18,7 +18,6 @@ folder and every model here loads the fusion weights of the others' folders (hea
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +29,15 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_florence_vqa import FlorenceVQAConfig
-from .modeling_coswin import FlorenceVisionModel, eager_attention_forward, resolve_output_flags
-from .modeling_florence import FlorenceModel, FlorenceTextModel
+from .modeling_coswin import (
+    FlorencePreTrainedBase,
+    FlorenceVisionModel,
+    resolve_output_flags,
+)
+from .modeling_florence import FlorenceAttention, FlorenceModel, FlorenceTextModel
 
 # Temperature of the in-batch image-text similarities from which hard ITM negatives are drawn (ALBEF's 0.07).
 HARD_NEGATIVE_TEMPERATURE = 0.07
@@ -134,47 +136,17 @@ def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
-class FlorenceFusionAttention(nn.Module):
-    """Multi-head attention of one stream's queries over a context (the stream itself, or the other stream),
-    through `ALL_ATTENTION_FUNCTIONS`. Projections are named `q_proj, k_proj, v_proj, out_proj` (PEFT targets)."""
+class FlorenceFusionAttention(FlorenceAttention):
+    """Multi-head attention of one stream's queries over a context (the stream itself, or the other stream): the
+    text tower's attention module, bidirectional, with the fusion dropout."""
 
     def __init__(self, config: FlorenceVQAConfig):
-        super().__init__()
-        self.config = config
-        self.embed_dim = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = self.embed_dim // self.num_heads
-        self.scaling = self.head_dim**-0.5
-        self.dropout = config.attention_probs_dropout_prob
-        self.is_causal = False
-        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        super().__init__(config, config.attention_probs_dropout_prob, is_causal=False)
 
     def forward(
         self, hidden_states: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, length, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        context_shape = (batch, context.shape[1], self.num_heads, self.head_dim)
-        key = self.k_proj(context).view(context_shape).transpose(1, 2)
-        value = self.v_proj(context).view(context_shape).transpose(1, 2)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            context_mask,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-            is_causal=False,
-            **kwargs,
-        )
-        return self.out_proj(attn_output.reshape(batch, length, self.embed_dim)), attn_weights
+        return self.attend(hidden_states, context, context_mask, **kwargs)
 
 
 class FlorenceFusionLayer(GradientCheckpointingLayer):
@@ -257,7 +229,7 @@ class FlorenceFusionEncoder(nn.Module):
         stage_dims = config.vision_config.stage_dims
         self.image_stage_transforms = nn.ModuleDict({
             f"stage{stage}": FlorenceFusionStageProjection(stage_dims[stage - 1], config)
-            for stage in config.image_feature_stages[:-1]
+            for stage in config.vision_feature_stages[:-1]
         })
         self.token_type_embeddings = nn.Embedding(2, config.hidden_size)
         self.text_layers = nn.ModuleList(FlorenceFusionLayer(config) for _ in range(config.num_fusion_layers))
@@ -270,10 +242,10 @@ class FlorenceFusionEncoder(nn.Module):
 
     def project_image(self, stage_tokens, grids=None) -> torch.Tensor:
         """The image tokens at the fusion width `(B, L, H)`, before the token type: each stage of
-        `config.image_feature_stages` projected (`stage_tokens`: their `(B, L_i, C_i)` tokens, the last being the
+        `config.vision_feature_stages` projected (`stage_tokens`: their `(B, L_i, C_i)` tokens, the last being the
         tower's `last_hidden_state`), concatenated, plus the 2D position embeddings of their `(H_i, W_i)` `grids`
         when `image_position_embeddings`."""
-        stages = self.config.image_feature_stages
+        stages = self.config.vision_feature_stages
         projections = [self.image_stage_transforms[f"stage{stage}"] for stage in stages[:-1]] + [self.image_transform]
         projected = [projection(tokens) for projection, tokens in zip(projections, stage_tokens)]
         if self.config.image_position_embeddings:
@@ -348,7 +320,7 @@ def build_text_model(text_config) -> PreTrainedModel:
         return AutoModel.from_config(text_config)
 
 
-class FlorenceFusionPreTrainedModel(PreTrainedModel):
+class FlorenceFusionPreTrainedModel(FlorencePreTrainedBase):
     config_class = FlorenceVQAConfig
     # The other fusion models' heads, left behind without a warning when one loads another's folder.
     _keys_to_ignore_on_load_unexpected = [r"^vqa_head\.", r"^itm_head\.", r"^mlm_head\."]
@@ -357,12 +329,7 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
     base_model_prefix = "florence_fusion"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
     _no_split_modules = ["FlorenceFusionLayer", "FlorenceTextLayer", "FlorenceVisionLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -388,9 +355,9 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
         return self.text_model.get_input_embeddings()
 
     def stage_tokens(self, vision_outputs) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-        """The `(B, L_i, C_i)` tokens and `(H_i, W_i)` grids of `config.image_feature_stages` from an image tower
+        """The `(B, L_i, C_i)` tokens and `(H_i, W_i)` grids of `config.vision_feature_stages` from an image tower
         output: earlier stages from its `feature_maps`, the last stage is its `last_hidden_state` (final LayerNorm)."""
-        stages = self.config.image_feature_stages
+        stages = self.config.vision_feature_stages
         maps = [vision_outputs.feature_maps[stage - 1] for stage in stages]
         tokens = [feature_map.flatten(2).transpose(1, 2) for feature_map in maps[:-1]]
         return tokens + [vision_outputs.last_hidden_state], [tuple(feature_map.shape[-2:]) for feature_map in maps]
@@ -409,7 +376,7 @@ class FlorenceFusionPreTrainedModel(PreTrainedModel):
         """Validate precomputed image features (see `get_image_hidden_states`): one `(B, L_i, C_i)` tokens or
         `(B, H_i, W_i, C_i)` map per stage. Returns the stage tokens (in the fusion's dtype) and their grids (a
         map's own; tokens are taken as a square grid, which position embeddings require then)."""
-        stages = self.config.image_feature_stages
+        stages = self.config.vision_feature_stages
         if isinstance(image_hidden_states, torch.Tensor):
             image_hidden_states = [image_hidden_states]
         hidden_states = list(image_hidden_states)

@@ -25,17 +25,22 @@ Fine-tuning).
 | `FlorenceForObjectDetection` | the towers' layers (all nine when open-vocabulary) | hidden_states_norms, fpn, dyhead, head |
 
 A model class declares its head in a `lora_modules_to_save` class attribute (adapters do; the table below covers the
-classes that predate it). The config works with both PEFT routes: `peft.get_peft_model(model, config)` and
-Transformers' `model.add_adapter(config)` / `model.load_adapter(folder)`.
+classes that predate it). The config works with both PEFT routes: `peft.get_peft_model(model, config)` /
+`PeftModel.from_pretrained(model, folder)`, which work with every PEFT release this package installs, and
+Transformers' `model.add_adapter(config)` / `model.load_adapter(folder)`, which each Transformers release ties to a
+minimum PEFT (5.24: peft >= 0.22). `add_adapter` / `load_adapter` here take Transformers' route and, when the installed
+PEFT is too old for it, fail with a `ValueError` naming both versions and the PEFT route that works.
 
     from peft import get_peft_model
     from modeling_florence.peft_florence import default_lora_config
     lora_model = get_peft_model(model, default_lora_config(model, r=8))
 """
 
+import importlib.metadata
 import re
 from pathlib import Path
 
+from packaging import version
 from torch import nn
 
 # The layer names LoRA adapts by default, in the order the design lists them.
@@ -190,9 +195,56 @@ def adapter_file(folder: str | Path) -> Path:
     return path
 
 
+def transformers_peft_problem() -> str | None:
+    """Why Transformers' own adapter methods (`add_adapter`, `load_adapter`, ...) cannot run here, or `None`: the
+    PEFT version the installed Transformers requires against the installed one."""
+    import transformers
+    from transformers.integrations import peft as transformers_peft
+
+    needed = getattr(transformers_peft, "MIN_PEFT_VERSION", None)
+    try:
+        installed = importlib.metadata.version("peft")
+    except importlib.metadata.PackageNotFoundError:
+        return "PEFT is not installed: pip install peft"
+    if needed is None or version.parse(installed) >= version.parse(needed):
+        return None
+    return (
+        f"Transformers {transformers.__version__}'s model.add_adapter / load_adapter need peft>={needed}, but peft "
+        f"{installed} is installed. Upgrade PEFT (pip install -U 'peft>={needed}') or use PEFT directly, which works "
+        "with this version: peft.get_peft_model(model, default_lora_config(model)) to add an adapter, "
+        "peft.PeftModel.from_pretrained(model, folder) to load one"
+    )
+
+
+def check_transformers_peft() -> None:
+    """Raise a `ValueError` naming the versions when Transformers' adapter methods cannot run with this PEFT."""
+    problem = transformers_peft_problem()
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def add_adapter(model: nn.Module, config, adapter_name: str = "default") -> nn.Module:
+    """Transformers' `model.add_adapter(config, adapter_name)`, with a clear error on a too-old PEFT."""
+    check_transformers_peft()
+    model.add_adapter(config, adapter_name=adapter_name)
+    return model
+
+
+def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "default") -> nn.Module:
+    """Transformers' `model.load_adapter(folder, adapter_name)`, with a clear error on a too-old PEFT."""
+    adapter_file(folder)
+    check_transformers_peft()
+    model.load_adapter(str(folder), adapter_name=adapter_name)
+    return model
+
+
 __all__ = [
     "DEFAULT_TARGET_NAMES",
+    "add_adapter",
     "adapter_file",
+    "check_transformers_peft",
+    "load_adapter",
+    "transformers_peft_problem",
     "check_lora_targets",
     "default_lora_config",
     "default_modules_to_save",

@@ -109,6 +109,8 @@ class FlorenceProcessor(ProcessorMixin):
         outputs = {}
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
+            if not texts:
+                raise ValueError("text is an empty list: pass at least one string (or text=None for images only)")
             if not all(isinstance(t, str) for t in texts):
                 raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}")
             text_kwargs = {k: kwargs.pop(k) for k in ("padding", "truncation", "max_length") if k in kwargs}
@@ -138,7 +140,8 @@ class FlorenceProcessor(ProcessorMixin):
         max_length = max_length or CONTEXT_LENGTH
         bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
         rows = []
-        for content in encode_like_open_clip(self.tokenizer, [clean_text(text) for text in texts]):
+        # truncated below, so the tokenizer's "may result in indexing errors" warning does not apply
+        for content in encode_like_open_clip(self.tokenizer, [clean_text(text) for text in texts], verbose=not truncation):
             rows.append([bos] + (content[: max_length - 2] if truncation else content) + [eos])
         return rows
 

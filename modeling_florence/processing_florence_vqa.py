@@ -60,17 +60,29 @@ def build_answer_vocabulary(answer_lists: Iterable[Sequence[str]], top_n: int | 
     `top_n` most frequent with at least `min_count` votes (METER/ViLT keep the 3,129 answers seen 9+ times)."""
     if top_n is not None and top_n < 1:
         raise ValueError(f"top_n must be a positive integer or None, got {top_n}")
-    counts = Counter(normalize_answer(a) for answers in answer_lists for a in answers)
+    counts = Counter(normalize_answer(answer_text(a)) for answers in answer_lists for a in answers)
     counts.pop("", None)
     ranked = sorted((item for item in counts.items() if item[1] >= min_count), key=lambda item: (-item[1], item[0]))
     return [answer for answer, _ in ranked[:top_n]]
 
 
+def answer_text(answer) -> str:
+    """One annotator answer as a string: a string, or a VQAv2 annotation dict (`{"answer": ..., ...}`)."""
+    if isinstance(answer, dict) and isinstance(answer.get("answer"), str):
+        return answer["answer"]
+    if not isinstance(answer, str):
+        raise ValueError(f"Each annotator answer must be a string (or a VQAv2 dict with an 'answer' string), got "
+                         f"{answer!r}: drop or fill missing answers before building labels")
+    return answer
+
+
 def soft_scores(answers: Sequence[str], label2id: dict[str, int], num_labels: int) -> tuple[torch.Tensor, int]:
     """`(num_labels,)` soft scores of one question's annotator answers, and how many answers were outside the
     vocabulary (dropped: they score nothing)."""
+    if answers is None or isinstance(answers, (str, dict)):
+        raise ValueError(f"A question's answers must be a list of annotator answers, got {answers!r}")
     scores = torch.zeros(num_labels)
-    votes = Counter(normalize_answer(a) for a in answers)
+    votes = Counter(normalize_answer(answer_text(a)) for a in answers)
     dropped = 0
     for answer, count in votes.items():
         index = label2id.get(answer)
@@ -87,6 +99,11 @@ def post_process_vqa(outputs, id2label: dict[int, str], top_k: int = 1) -> list[
     logits = outputs if isinstance(outputs, torch.Tensor) else outputs["logits"]
     if top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k}")
+    missing = [index for index in range(logits.shape[-1]) if index not in id2label]
+    if missing:
+        raise ValueError(f"The model scores {logits.shape[-1]} answers but the answer vocabulary (id2label) has no "
+                         f"entry for {len(missing)} of them (e.g. id {missing[0]}); use the vocabulary the model was "
+                         "trained with (its config's id2label)")
     probabilities = logits.detach().float().sigmoid()
     values, indices = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
     return [

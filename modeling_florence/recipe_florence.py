@@ -9,6 +9,7 @@ nested ones included, must be a field of the preset's config). Errors are `Value
 
 import inspect
 import json
+import math
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -29,6 +30,33 @@ def bounded(default=MISSING, low=None, high=None, choices=None, default_factory=
                  metadata={"low": low, "high": high, "choices": choices})
 
 
+def check_number(name: str, value, low=None, high=None, above: bool = False, integer: bool = False,
+                 nonzero: bool = False) -> None:
+    """The one range check for numbers, from recipes and scripts alike: a real number (an `int` when `integer`; never a
+    bool), finite (NaN and infinities such as `1e999` refused), `>= low` (`> low` when `above`), `<= high`, and not 0
+    when `nonzero` (e.g. `max_steps`, where -1 means "use the epochs")."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (value <= low if above else value < low):
+        raise ValueError(f"{name} must be {'>' if above else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value!r}")
+    if nonzero and value == 0:
+        raise ValueError(f"{name} must not be 0, got {value!r}")
+
+
+def check_arguments(args, ranges: dict) -> None:
+    """Check a script's parsed arguments: `ranges` maps an attribute of `args` to the `check_number` keywords (`low`,
+    `high`, `above`); `None` values (unset optional flags) pass. The error names the flag as it is typed."""
+    for name, bounds in ranges.items():
+        value = getattr(args, name)
+        if value is not None:
+            check_number(f"--{name.replace('_', '-')}", value, integer=isinstance(value, int), **bounds)
+
+
 def check_fields(instance, where: str) -> None:
     """Check every field of a dataclass instance against its annotation and `bounded` range; a `ValueError` names
     the field. JSON integers are accepted where a float is expected, booleans are never taken for numbers."""
@@ -44,6 +72,8 @@ def check_fields(instance, where: str) -> None:
         low, high, choices = (spec.metadata.get(key) for key in ("low", "high", "choices"))
         if choices is not None and value not in choices:
             raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"between {low} and {high}"
             raise ValueError(f"{name} must be {bounds}, got {value!r}")

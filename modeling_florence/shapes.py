@@ -502,14 +502,29 @@ BUILDERS = {
 }
 
 
+def count_at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`, else a usage error naming the bound (exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Generate a Florence Shapes task and save it with save_to_disk.")
     parser.add_argument("--task", required=True, choices=sorted(BUILDERS))
     parser.add_argument("--output", required=True)
-    parser.add_argument("--num-train", type=int, default=None)
-    parser.add_argument("--num-validation", type=int, default=None)
-    parser.add_argument("--num-test", type=int, default=None)
-    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--num-train", type=count_at_least(1), default=None)
+    parser.add_argument("--num-validation", type=count_at_least(0), default=None)
+    parser.add_argument("--num-test", type=count_at_least(0), default=None)
+    parser.add_argument("--image-size", type=count_at_least(16), default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     kwargs = {k: v for k, v in vars(args).items() if k not in ("task", "output") and v is not None}

@@ -116,11 +116,12 @@ class FlorenceTokenizer(CLIPTokenizer):
         return load_checked(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
 
 
-def encode_like_open_clip(tokenizer, texts: list[str]) -> list[list[int]]:
+def encode_like_open_clip(tokenizer, texts: list[str], verbose: bool = True) -> list[list[int]]:
     """Token ids (no start/end ids) of texts already cleaned as CLIP cleans them, equal to open_clip's `encode`.
 
     Literal `<start_of_text>`/`<end_of_text>` become ids 49406/49407 where open_clip's pattern matches them; all
-    other text, `<|endoftext|>` included, goes through the BPE as plain text."""
+    other text, `<|endoftext|>` included, goes through the BPE as plain text. `verbose=False` silences the
+    tokenizer's "longer than the maximum sequence length" warning, for callers that truncate the ids themselves."""
     pieces, plans = [], []  # plans[i]: text i as piece numbers (BPE'd below) and special ids, in order
     for text in texts:
         lowered, plan, start = text.lower(), [], 0
@@ -132,7 +133,8 @@ def encode_like_open_clip(tokenizer, texts: list[str]) -> list[list[int]]:
         plan.append(len(pieces))
         pieces.append(lowered[start:] if plan[:-1] else text)  # no special: the text exactly as before
         plans.append(plan)
-    encoded = tokenizer(pieces, add_special_tokens=False, split_special_tokens=True, truncation=False)["input_ids"]
+    encoded = tokenizer(pieces, add_special_tokens=False, split_special_tokens=True, truncation=False,
+                        verbose=verbose)["input_ids"]
     return [[token for step in plan for token in (encoded[step] if step >= 0 else [-step])] for plan in plans]
 
 

@@ -3,8 +3,14 @@
 annotations -> processor batches (a collator for variable-size images), open-vocabulary class names of Shapes, and
 held-out evaluation (post-processing + COCO mAP)."""
 
-import torch
+import logging
+from pathlib import Path
 
+import numpy as np
+import torch
+from torchvision.ops import box_convert
+
+from .training_florence import fused_adamw
 from .evaluation_florence_detection import coco_detection_metrics, dataset_to_coco, detections_to_coco, object_feature
 
 
@@ -76,3 +82,123 @@ def evaluate_detection(model, processor, dataset, category_key: str = "category"
 
 
 __all__ = ["DetectionCollator", "add_colour_shape_classes", "evaluate_detection", "predict", "row_annotation"]
+
+
+logger = logging.getLogger(__name__)
+# Colour-shape classes never seen as boxes in open-vocabulary training (one per colour, shapes varied).
+# Output fields Trainer leaves out of the predictions it hands to compute_metrics (which reads the other three).
+IGNORED_OUTPUTS = ["loss_dict", "feature_maps", "hidden_states", "attentions"]
+HELD_OUT_CLASSES = ("red star", "green hexagon", "blue cross", "yellow ring", "purple square", "orange circle",
+                    "pink triangle", "cyan diamond")
+
+
+def build_detector(args, config_overrides: dict) -> "FlorenceForObjectDetection":
+    from .configuration_florence import load_preset
+    from .configuration_florence_detection import FlorenceDetectionConfig
+    from .modeling_florence_detection import FlorenceForObjectDetection
+
+    preset = load_preset(args.preset)
+    head = {key: getattr(preset, key) for key in ("fpn_channels", "num_dyhead_blocks", "dyhead_norm_groups",
+                                                  "anchor_scale", "size_divisibility")}
+    head.update(config_overrides)
+    if args.base and Path(args.base).is_dir():
+        return FlorenceForObjectDetection.from_florence(args.base, open_vocabulary=args.open_vocabulary, **head)
+    logger.warning("No pretrained Florence folder (--base %s): the detector starts from random weights", args.base)
+    if not args.open_vocabulary:
+        preset = FlorenceDetectionConfig(**{**preset.to_dict(), "text_config": None, "projection_dim": None})
+    return FlorenceForObjectDetection(FlorenceDetectionConfig(**{**preset.to_dict(), **head}))
+
+
+def detection_data(args):
+    """(train, eval) datasets, the class names and the objects' column holding the class index."""
+    from . import shapes
+    from .data_florence import load_coco_detection
+
+    if args.coco_train:
+        train = load_coco_detection(args.coco_train, args.coco_train_images)
+        evaluation = load_coco_detection(args.coco_eval, args.coco_eval_images)
+        return train, evaluation, object_feature(train, "category").names, "category"
+    data = shapes.build_detection(num_train=args.num_train, num_validation=args.num_eval, num_test=0,
+                              image_size=args.image_size, seed=args.seed)
+    if not args.open_vocabulary:
+        return data["train"], data["validation"], list(shapes.SHAPES), "category"
+    names = [f"{colour} {shape}" for colour in shapes.COLOURS for shape in shapes.SHAPES]
+    train, evaluation = (add_colour_shape_classes(data[split], names) for split in ("train", "validation"))
+    held_out = {names.index(name) for name in HELD_OUT_CLASSES}
+    # classes "never seen as boxes": training images holding any held-out object are dropped
+    train = train.filter(lambda row: not held_out & set(row["objects"]["colour_shape"]))
+    return train, evaluation, names, "colour_shape"
+
+
+class OpenVocabularyCollator(DetectionCollator):
+    """Adds the (frozen) class-name embeddings of the training classes to every batch."""
+
+    def __init__(self, processor, category_key, class_embeds):
+        super().__init__(processor, category_key)
+        self.class_embeds = class_embeds
+
+    def __call__(self, rows):
+        return {**super().__call__(rows), "class_embeds": self.class_embeds}
+
+
+def make_compute_metrics(processor):
+    """COCO mAP from Trainer's per-batch predictions `(logits, pred_boxes, centerness)` and DETR-format labels."""
+
+    def compute_metrics(evaluation):
+        images, annotations, results = [], [], []
+        for (logits, boxes, centerness), labels in zip(evaluation.predictions, evaluation.label_ids):
+            outputs = {"logits": torch.as_tensor(logits), "pred_boxes": torch.as_tensor(boxes),
+                       "centerness": torch.as_tensor(centerness)}
+            sizes = [tuple(int(v) for v in np.asarray(label["orig_size"])) for label in labels]
+            for label, size, found in zip(labels, sizes,
+                                          processor.post_process_object_detection(outputs, target_sizes=sizes)):
+                image_id = len(images)
+                images.append({"id": image_id, "height": size[0], "width": size[1]})
+                height, width = size
+                pixels = box_convert(torch.as_tensor(np.asarray(label["boxes"])).reshape(-1, 4), "cxcywh", "xywh")
+                pixels = pixels * torch.tensor([width, height, width, height])
+                for box, category in zip(pixels.tolist(), np.asarray(label["class_labels"]).tolist()):
+                    annotations.append({"id": len(annotations) + 1, "image_id": image_id, "bbox": box,
+                                        "category_id": int(category), "area": box[2] * box[3], "iscrowd": 0})
+                for box, score, category in zip(found["boxes"].tolist(), found["scores"].tolist(),
+                                                 found["labels"].tolist()):
+                    results.append({"image_id": image_id, "category_id": category, "score": score,
+                                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+        categories = sorted({a["category_id"] for a in annotations} | {r["category_id"] for r in results})
+        ground_truth = {"images": images, "annotations": annotations,
+                        "categories": [{"id": c, "name": str(c)} for c in categories]}
+        return coco_detection_metrics(ground_truth, results)
+
+    return compute_metrics
+
+
+def draw_predictions(model, processor, dataset, names, path: Path, count: int = 6, **model_inputs) -> None:
+    """A PNG of held-out images with their predicted boxes and labels (score >= 0.3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = dataset.select(range(min(count, len(dataset))))
+    detections = predict(model, processor, rows, threshold=0.3, **model_inputs)
+    figure, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 3.3))
+    for axis, row, found in zip(np.atleast_1d(axes), rows, detections):
+        axis.imshow(row["image"])
+        axis.axis("off")
+        for (x0, y0, x1, y1), score, label in zip(found["boxes"].tolist(), found["scores"].tolist(),
+                                                  found["labels"].tolist()):
+            axis.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", linewidth=1.5))
+            axis.text(x0, y0 - 1, f"{names[label]} {score:.2f}", color="black", fontsize=6,
+                      bbox={"facecolor": "lime", "pad": 0.5, "linewidth": 0})
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def detection_optimizer(model, learning_rate: float, backbone_learning_rate: float, weight_decay: float = 1e-4):
+    """AdamW with the image tower (`vision_model.`) at `backbone_learning_rate` and the rest (FPN, DyHead, heads) at
+    `learning_rate`; both checked (non-negative, finite), the fused kernel where available."""
+    backbone = [p for n, p in model.named_parameters() if n.startswith("vision_model.") and p.requires_grad]
+    head = [p for n, p in model.named_parameters() if not n.startswith("vision_model.") and p.requires_grad]
+    return fused_adamw([{"params": backbone, "lr": backbone_learning_rate}, {"params": head, "lr": learning_rate}],
+                       lr=learning_rate, weight_decay=weight_decay)

@@ -23,11 +23,16 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers.image_processing_utils import SizeDict, get_size_dict
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 from transformers.video_processing_utils import BaseVideoProcessor
 
 from .image_loading_florence import DEFAULT_MAX_IMAGE_PIXELS, check_pixels, decode_bounded, resolve_source, to_rgb_array
-from .image_processing_florence import DEFAULT_MAX_RESIZED_EDGE, crop_window, decode_side, resized_shape
+from .image_processing_florence import (
+    DEFAULT_MAX_RESIZED_EDGE,
+    FlorenceCLIPTransforms,
+    crop_window,
+    decode_side,
+    resized_shape,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
 DEFAULT_MAX_FRAMES = 9000  # 5 minutes at 30 frames/s
@@ -94,7 +99,8 @@ def _decode_at(data, name: str, wanted: set[int], min_side, max_pixels) -> tuple
     frames, decoded, last = {}, 0, max(wanted)
     with _open_container(data, name) as container:
         stream = container.streams.video[0]
-        check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels, f"Video {name}")
+        if stream.codec_context.width and stream.codec_context.height:  # some containers leave the header size 0
+            check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels, f"Video {name}")
         try:
             for frame in container.decode(stream):
                 check_pixels(frame.width, frame.height, max_pixels, f"A frame of video {name}")
@@ -152,23 +158,12 @@ def _as_size(size, param_name: str = "size") -> SizeDict:
     return SizeDict(**get_size_dict(size, default_to_square=False, param_name=param_name))
 
 
-class FlorenceVideoProcessor(BaseVideoProcessor):
+class FlorenceVideoProcessor(FlorenceCLIPTransforms, BaseVideoProcessor):
     """Decoding, frame sampling (uniform or strided), multi-clip/multi-crop views, and CLIP-style normalisation.
 
     `max_frames` bounds a video's frame count, `max_image_pixels` each frame's pixels, and `max_resized_edge` the
     long side of an uncropped resize (3-crop views): past them, a `ValueError` names the value and the limit."""
 
-    resample = PILImageResampling.BICUBIC
-    image_mean = OPENAI_CLIP_MEAN
-    image_std = OPENAI_CLIP_STD
-    size = {"shortest_edge": 224}
-    crop_size = {"height": 224, "width": 224}
-    default_to_square = False
-    do_resize = True
-    do_center_crop = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
     do_sample_frames = False  # sampling happens here, before the per-frame transforms
     num_frames = 8
     model_input_names = ["pixel_values_videos"]

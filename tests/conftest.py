@@ -1,11 +1,15 @@
 """Shared test helpers."""
 
-import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_video(path, frames=12, size=(48, 64), rate=10):
@@ -37,16 +41,11 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state()
 
 
-@pytest.fixture
-def example_script():
-    """`load(relative_path)`: import a script under `examples/` (e.g. "finetune_vqa.py", "space/app.py") as a module;
-    the examples are scripts, not a package."""
-
-    def load(relative_path: str):
-        path = Path(__file__).resolve().parent.parent / "examples" / relative_path
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
+def run_example(script: str, *argv: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `examples/<script>` in a fresh interpreter with the repository on `PYTHONPATH` (the examples are scripts,
+    not modules: tests import library code, and run scripts end to end only this way); fails showing its output."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(REPO / "examples" / script), *argv], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done

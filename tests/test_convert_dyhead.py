@@ -19,7 +19,7 @@ from modeling_florence import FlorenceForObjectDetection  # noqa: E402
 from modeling_florence.modeling_florence_detection import crop_offsets, flatten_offsets  # noqa: E402
 from tests.test_detection import reference_dyhead_block  # noqa: E402
 
-EMBED, DEPTHS, HEADS, WINDOW = 16, (1, 1, 1, 1), (1, 2, 2, 4), 4
+EMBED, DEPTHS, HEADS, WINDOW = 16, (2, 2, 2, 2), (1, 2, 2, 4), 4  # Swin blocks come in pairs
 FPN, BLOCKS, CLASSES = 32, 2, 3
 OUT_STAGES = (1, 2, 3)  # Swin stages (0-based) feeding the FPN: strides 8, 16, 32
 # The Swin names of each layout: official Swin (detectron2 DynamicHead) and mmdetection's.
@@ -170,7 +170,7 @@ def test_detectron2_layout_converts_every_weight_through_the_cli(detectron2_chec
     assert (config.fpn_channels, config.num_dyhead_blocks, config.num_labels) == (FPN, BLOCKS, CLASSES)
     assert config.out_features == ["stage2", "stage3", "stage4"]
     vision = config.vision_config
-    assert (vision.embed_dim, vision.depths, vision.num_heads, vision.window_size) == (EMBED, [1, 1, 1, 1],
+    assert (vision.embed_dim, vision.depths, vision.num_heads, vision.window_size) == (EMBED, [2, 2, 2, 2],
                                                                                        [1, 2, 2, 4], WINDOW)
     assert (vision.patch_embed, vision.downsample) == ("linear", "merge")
     assert_one_to_one(model, detectron2_checkpoint)
@@ -334,3 +334,44 @@ def test_unrepresentable_or_mislabelled_checkpoints_are_refused(detectron2_check
     torch.save(mmdet_checkpoint, path)
     main(["--checkpoint", str(path), "--output", str(tmp_path / "out")])  # mmdet converts as it is (no P7 ReLU)
     assert FlorenceForObjectDetection.from_pretrained(tmp_path / "out").config.relu_before_p7 is False
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What the checkpoint claims; a pipeline-ready folder
+# ----------------------------------------------------------------------------------------------------------------------
+def test_depth_is_checked_against_the_checkpoints_claims(detectron2_checkpoint, mmdet_checkpoint, tmp_path, capsys):
+    odd = {k: v for k, v in detectron2_checkpoint.items() if ".layers.3.blocks.1." not in k}
+    with pytest.raises(ValueError, match=r"Inconsistent vision depths \[2, 2, 2, 1\]: Swin blocks come in pairs"):
+        convert_dyhead(odd)
+    assert "DyHead architecture read from the weights: vision embed_dim=16" in capsys.readouterr().out
+    # mmdet keeps its config's text in `meta`: a checkpoint missing its last DyHead block is refused.
+    short = {k: v for k, v in mmdet_checkpoint.items() if not k.startswith(f"neck.1.dyhead_blocks.{BLOCKS - 1}.")}
+    config_text = (f"model = dict(backbone=dict(type='SwinTransformer', embed_dims={EMBED}, depths={list(DEPTHS)}), "
+                   f"neck=[dict(type='FPN', out_channels={FPN}), dict(type='DyHead', num_blocks={BLOCKS})], "
+                   f"bbox_head=dict(type='ATSSHead', num_classes={CLASSES}))")
+    torch.save({"state_dict": short, "meta": {"config": config_text}}, tmp_path / "short.pth")
+    with pytest.raises(SystemExit, match=rf"Inconsistent num_dyhead_blocks: .* give {BLOCKS - 1} but .*short\.pth's "
+                                         rf"metadata declares {BLOCKS}"):
+        main(["--checkpoint", str(tmp_path / "short.pth"), "--output", str(tmp_path / "a")])
+    torch.save({"state_dict": mmdet_checkpoint, "meta": {"config": config_text}}, tmp_path / "full.pth")
+    assert convert_dyhead(tmp_path / "full.pth").config.num_dyhead_blocks == BLOCKS
+    with pytest.raises(SystemExit, match=r"Inconsistent vision embed_dim: .* give 16 but --config declares 96"):
+        main(["--checkpoint", str(tmp_path / "full.pth"), "--output", str(tmp_path / "b"), "--config", "swin-t"])
+
+
+def test_the_converted_folder_runs_in_the_object_detection_pipeline(detectron2_checkpoint, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor, pipeline
+
+    from modeling_florence import FlorenceDetectionImageProcessor
+
+    torch.save({"model": detectron2_checkpoint}, tmp_path / "dyhead.pth")
+    main(["--checkpoint", str(tmp_path / "dyhead.pth"), "--output", str(tmp_path / "out")])
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    assert isinstance(processor, FlorenceDetectionImageProcessor)
+    assert (processor.size["shortest_edge"], processor.size["longest_edge"]) == (800, 1333)
+    np.testing.assert_allclose(processor.image_mean, [0.485, 0.456, 0.406])
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 140, 3), dtype=np.uint8))
+    detections = pipeline("object-detection", model=str(tmp_path / "out"))(image, threshold=0.0)
+    assert detections and {"score", "label", "box"} <= set(detections[0])

@@ -33,7 +33,7 @@ class MeterReference(nn.Module):
     def __init__(self):
         super().__init__()
         self.vit_model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=16,
-                                           depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=32,
+                                           depths=(2, 2), num_heads=(1, 2), window_size=4, img_size=32,
                                            num_classes=0)
         self.text_transformer = RobertaModel(RobertaConfig(
             vocab_size=120, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=40,
@@ -137,3 +137,45 @@ def test_clip_variant_and_foreign_checkpoints_are_refused(meter):
     with pytest.raises(ValueError, match="answer list has 2 answers"):
         convert_meter({k: v for k, v in meter.state_dict().items() if not k.startswith("vit_model.head")},
                       id2label={0: "a", 1: "b"})
+
+
+def vqa_state(meter):
+    return {k: v for k, v in meter.state_dict().items() if not k.startswith("vit_model.head")}
+
+
+def test_an_existing_file_as_output_is_refused(meter, tmp_path):
+    torch.save({"state_dict": vqa_state(meter)}, tmp_path / "meter.ckpt")
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    with pytest.raises(SystemExit, match="nothing was written") as exited:
+        main(["--checkpoint", str(tmp_path / "meter.ckpt"), "--output", str(tmp_path / "taken"), "--image-size", "32"])
+    assert exited.value.code != 0
+
+
+def test_the_converted_folder_carries_a_model_card(meter, tmp_path):
+    from huggingface_hub import ModelCard
+
+    torch.save({"state_dict": vqa_state(meter)}, tmp_path / "meter.ckpt")
+    assert main(["--checkpoint", str(tmp_path / "meter.ckpt"), "--output", str(tmp_path / "out"),
+                 "--image-size", "32"]) == 0
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model == "meter.ckpt" and card.data.pipeline_tag == "visual-question-answering"
+
+
+def test_meter_hyper_parameters_are_checked(meter, tmp_path, capsys):
+    """A checkpoint missing its last fusion layer converts into a shallower model unless its config says so."""
+    short = {k: v for k, v in vqa_state(meter).items() if f"_layers.{LAYERS - 1}." not in k}
+    config = {"num_top_layer": LAYERS, "hidden_size": HIDDEN, "vqav2_label_size": ANSWERS,
+              "vit": "swin_tiny_patch4_window7_224", "tokenizer": "roberta-base"}
+    torch.save({"state_dict": short, "hyper_parameters": {"config": config}}, tmp_path / "short.ckpt")
+    with pytest.raises(ValueError, match=rf"Inconsistent num_fusion_layers: .* give {LAYERS - 1} but .*short\.ckpt's "
+                                         rf"metadata declares {LAYERS}"):
+        convert_meter(tmp_path / "short.ckpt", image_size=32)
+    assert f"num_fusion_layers={LAYERS - 1}" in capsys.readouterr().out
+    # The Swin size its `vit` name states is checked too (this test's tower is narrower than Swin-T).
+    torch.save({"state_dict": vqa_state(meter), "hyper_parameters": {"config": config}}, tmp_path / "full.ckpt")
+    with pytest.raises(ValueError, match=r"Inconsistent vision embed_dim: .* give 16 but .* declares 96"):
+        convert_meter(tmp_path / "full.ckpt", image_size=32)
+    with pytest.raises(SystemExit, match=r"Inconsistent vision depths \[2, 1\]: Swin blocks come in pairs"):
+        torch.save({"state_dict": {k: v for k, v in vqa_state(meter).items() if "layers.1.blocks.1." not in k}},
+                   tmp_path / "odd.ckpt")
+        main(["--checkpoint", str(tmp_path / "odd.ckpt"), "--output", str(tmp_path / "o"), "--image-size", "32"])

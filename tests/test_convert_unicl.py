@@ -138,3 +138,24 @@ def test_unicl_conversion_refuses_other_files(unicl, tmp_path):
     with pytest.raises(ValueError, match=r"Not a UniCL checkpoint: missing \['text_encoder\.\*'\]"):
         convert_main(["--checkpoint", str(tmp_path / "vision_only.pth"), "--output", str(tmp_path / "b")])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_unicl_checkpoint_missing_its_last_block_or_layer_is_refused(unicl, tmp_path, capsys):
+    reference, folder = unicl
+    state = reference.unicl_state_dict()
+    odd = {k: v for k, v in state.items() if not k.startswith("image_encoder.layers.1.blocks.1.")}
+    torch.save({"model": odd}, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match=r"Inconsistent vision depths \[2, 1\]: Swin blocks come in pairs"):
+        convert_main(["--checkpoint", str(tmp_path / "odd.pth"), "--output", str(tmp_path / "a")])
+    assert "UniCL architecture read from the weights: vision embed_dim=32" in capsys.readouterr().out
+    # UniCL's own config (MODEL.TEXT_ENCODER.LAYERS) states the text depth: a missing last layer is refused.
+    layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("text_encoder.resblocks."))
+    short = {k: v for k, v in state.items() if not k.startswith(f"text_encoder.resblocks.{layers - 1}.")}
+    config = {"MODEL": {"TEXT_ENCODER": {"LAYERS": layers}, "IMAGE_ENCODER": {"SPEC": {"DEPTHS": [2, 2]}}}}
+    torch.save({"model": short, "config": config}, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match=rf"Inconsistent text num_hidden_layers: .* give {layers - 1} but .*declares "
+                                         rf"{layers}"):
+        convert_main(["--checkpoint", str(tmp_path / "short.pth"), "--output", str(tmp_path / "b")])
+    with pytest.raises(ValueError, match=r"Inconsistent vision embed_dim: .* give 32 but --config declares 96"):
+        convert_main(["--checkpoint", str(folder / "unicl.pth"), "--output", str(tmp_path / "c"),
+                      "--config", "swin-t"])

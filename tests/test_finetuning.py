@@ -14,7 +14,7 @@ from transformers import AutoModelForImageClassification, pipeline
 
 import modeling_florence as mf
 from modeling_florence.evaluation_florence import encode_images, zero_shot_classification, zero_shot_classifier
-from modeling_florence.finetuning_florence import (
+from modeling_florence.training_florence_classification import (
     ClassificationCollator,
     ImageTextCollator,
     build_shifted_classification,

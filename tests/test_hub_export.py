@@ -49,6 +49,9 @@ PROCESSING = {
     "FlorenceForVideoClassification": {"AutoVideoProcessor": "FlorenceVideoProcessor"},
     "FlorenceForVQA": {"AutoProcessor": "FlorenceVQAProcessor", "AutoImageProcessor": "FlorenceImageProcessor",
                        "AutoTokenizer": "FlorenceTokenizer"},
+    **dict.fromkeys(("FlorenceForConditionalGeneration", "FlorenceGenerationModel"), {
+        "AutoProcessor": "FlorenceGenerationProcessor", "AutoImageProcessor": "CLIPImageProcessor",
+        "AutoTokenizer": "FlorenceGenerationTokenizer"}),
 }
 DEFAULT_PROCESSING = {"AutoProcessor": "FlorenceProcessor", "AutoImageProcessor": "FlorenceImageProcessor",
                       "AutoTokenizer": "FlorenceTokenizer"}
@@ -118,6 +121,9 @@ def save_with_processor(model, folder: Path) -> None:
     elif isinstance(model, mf.FlorenceForVQA):
         processor = mf.FlorenceVQAProcessor.from_defaults(image_size=IMAGE_SIZE, answer_vocabulary=VQA_ANSWERS)
         processor.save_pretrained(folder)
+    elif isinstance(model, (mf.FlorenceForConditionalGeneration, mf.FlorenceGenerationModel)):
+        tokens = model.num_image_tokens(IMAGE_SIZE, IMAGE_SIZE)
+        mf.FlorenceGenerationProcessor.from_defaults(image_size=IMAGE_SIZE, image_seq_length=tokens).save_pretrained(folder)
     else:
         FlorenceProcessor.from_defaults(image_size=IMAGE_SIZE, num_frames=4).save_pretrained(folder)
 
@@ -192,3 +198,69 @@ def test_export_refuses_a_non_florence_folder_and_a_used_output(tmp_path):
     (tmp_path / "used" / "file").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
         export_main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "used")])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The Hub rule: an exported folder's modules import only torch, torchvision, transformers, PIL, numpy, regex, the
+# standard library and each other (relatively), at module level and inside functions (Transformers' remote-code
+# check reads both). An optional import guarded by `try: ... except ImportError` (PyAV, ftfy) is not a requirement:
+# Transformers' check skips those blocks too.
+# ----------------------------------------------------------------------------------------------------------------------
+HUB_PACKAGES = {"torch", "torchvision", "transformers", "PIL", "numpy", "regex"}
+
+
+def forbidden_imports(folder: Path) -> list[str]:
+    """`file:line: module` for every import in the folder's `.py` files that the Hub rule does not allow; a relative
+    import must name a module the folder holds."""
+    import ast
+
+    def optional(tree) -> set[int]:
+        """ids of the import nodes inside `try` blocks that catch ImportError (or ModuleNotFoundError)."""
+        guarded = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Try) and any(
+                isinstance(handler.type, ast.Name) and handler.type.id in ("ImportError", "ModuleNotFoundError")
+                for handler in node.handlers
+            ):
+                guarded |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+        return guarded
+
+    shipped = {path.stem for path in folder.glob("*.py")}
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        guarded = optional(tree)
+        for node in ast.walk(tree):
+            if id(node) in guarded:
+                continue
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.ImportFrom):
+                names = [] if node.module and node.module.split(".")[0] in shipped else [f".{node.module}"]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno}: {name}" for name in names
+                      if name.startswith(".") or (name.split(".")[0] not in HUB_PACKAGES
+                                                  and name.split(".")[0] not in sys.stdlib_module_names)]
+    return found
+
+
+@pytest.mark.parametrize("cls", [pytest.param(c, id=c.__name__) for c in exported_model_classes()])
+def test_exported_folders_import_only_the_hub_packages(cls, tmp_path):
+    """Each task's export (model, config, processor, tokenizer modules) parsed with `ast`: no `datasets`, `evaluate`,
+    `modeling_florence` or other package, not even inside a function."""
+    save_with_processor(build_exported(cls), tmp_path / "model")
+    assert export_main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "hub")]) == 0
+    assert list((tmp_path / "hub").glob("*.py"))
+    assert forbidden_imports(tmp_path / "hub") == []
+
+
+def test_the_hub_rule_check_catches_imports_inside_functions(tmp_path):
+    (tmp_path / "modeling_x.py").write_text("import torch\nfrom .configuration_x import C\n\n\ndef f():\n"
+                                            "    import datasets\n    from .evaluation_x import g\n"
+                                            "    try:\n        import av\n"
+                                            "    except ImportError:\n        av = None\n")
+    (tmp_path / "configuration_x.py").write_text("import json\nfrom transformers import PreTrainedConfig\n")
+    assert forbidden_imports(tmp_path) == ["modeling_x.py:6: datasets", "modeling_x.py:7: .evaluation_x"]

@@ -1,5 +1,7 @@
-"""Open-vocabulary detector: class names longer than the text tower's positions are truncated, not an error."""
+"""FlorenceForObjectDetection contracts: long class names truncated to the text positions; a closed-set detector
+without classes refused."""
 
+import pytest
 import torch
 
 import modeling_florence as mf
@@ -18,3 +20,8 @@ def test_set_class_names_truncates_long_names_to_the_text_positions():
     truncated = tokenizer([long_name], truncation=True, max_length=positions, return_tensors="pt")
     expected = model.get_class_embeddings(truncated["input_ids"], truncated["attention_mask"])[0]
     torch.testing.assert_close(model.class_embeddings[0], expected)
+
+
+def test_a_closed_set_detector_without_classes_is_refused():
+    with pytest.raises(ValueError, match="closed-set detector needs at least one class, got num_labels=0"):
+        mf.FlorenceForObjectDetection(tiny_detection_config(num_labels=0))

@@ -17,6 +17,7 @@ from transformers import AutoModel, pipeline
 from modeling_florence import FlorenceModel
 from modeling_florence.evaluation_florence import TopKAccuracy, format_table, retrieval_recall, topk_accuracy
 from modeling_florence.pretraining_florence import Recipe, train
+from modeling_florence.model_card import split_results
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -69,7 +70,9 @@ def test_saved_model_loads_with_auto_classes_and_pipeline(tmp_path):
     assert json.loads((output / "eval_results.json").read_text()) == results
     card = ModelCard.load(output / "README.md")  # the card reports exactly the run's own results
     assert card.data.library_name == "transformers" and card.data.datasets == ["florence-shapes"]
-    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == pytest.approx(results)
+    metrics, counts = split_results(results)  # measured figures are published; counts (classes, pairs) are not
+    assert counts and not set(counts) & {r.metric_type for r in card.data.eval_results}
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == pytest.approx(metrics)
     assert losses(output) and all(math.isfinite(loss) for loss in losses(output).values())
     assert isinstance(AutoModel.from_pretrained(output), FlorenceModel)
     assert load_file(output / "model.safetensors")["logit_scale"].dtype == torch.float32
@@ -235,3 +238,18 @@ def test_bf16_falls_back_to_fp32_on_a_cpu_without_bf16(monkeypatch):
     monkeypatch.setattr(pretraining_florence, "bf16_on_this_cpu", lambda: True)
     assert pretraining_florence.resolve_mixed_precision("bf16") == (
         "bf16", "Mixed precision: bf16 (this CPU computes bf16 natively)")
+
+
+def test_dry_run_prints_parameters_memory_and_tokens(capsys):
+    from modeling_florence import load_preset
+    from modeling_florence.pretraining_florence import main
+
+    figures = main(["--dry-run", "--model", "florence-tiny", "--batch_size", "8",
+                                         "--num_processes", "2"])
+    assert figures["parameters"] == sum(p.numel() for p in FlorenceModel(load_preset("florence-tiny")).parameters())
+    assert figures["local_batch"] == 4 and figures["fsdp_units"] == 1 + 5 + 2  # 5 vision + 2 text layers, root
+    assert figures["tokens_per_step"] == 8 * ((64 // 4) ** 2 + 77)
+    assert 0 < figures["activations_gib"] < figures["memory_per_process_gib"]
+    assert '"memory_per_process_gib"' in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not divisible by num_processes"):
+        main(["--dry-run", "--model", "florence-tiny", "--batch_size", "9", "--num_processes", "2"])

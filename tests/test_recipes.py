@@ -97,7 +97,8 @@ def test_retention_never_deletes_what_latest_names(tmp_path, accelerator):
     save_checkpoint(accelerator, tmp_path, 6, [{"run": "first"}], keep=3)
     save_checkpoint(accelerator, tmp_path, 6, [{"run": "again"}], keep=3)
     latest = resolve_checkpoint(tmp_path, "latest")
-    assert latest.name == "step-0000006" and saved_steps(tmp_path) == ["step-0000004", "step-0000006"]
+    # (saved under a new name, step-0000006-r1, so the old copy stays whole until `latest` names the new one)
+    assert latest.name == "step-0000006-r1" and saved_steps(tmp_path) == ["step-0000004", "step-0000006-r1"]
     assert json.loads((latest / "trainer_state.json").read_text())["history"] == [{"run": "again"}]
 
 

@@ -136,3 +136,35 @@ def test_cli_writes_a_loadable_dataset(tmp_path):
     shapes.main(["--task", "classification", "--output", str(tmp_path / "cls"), "--num-train", "30",
                  "--num-validation", "5", "--num-test", "5"])
     assert len(load_from_disk(str(tmp_path / "cls"))["train"]) == 30
+
+
+def run_shapes_cli(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "modeling_florence.shapes", *args], capture_output=True, text=True,
+                          cwd=repo, env={**__import__("os").environ, "PYTHONPATH": str(repo)}, timeout=300)
+
+
+def test_the_cli_runs_without_the_runpy_warning():
+    result = run_shapes_cli("--help")
+    assert result.returncode == 0 and "--num-train" in result.stdout
+    assert "RuntimeWarning" not in result.stderr and "found in sys.modules" not in result.stderr, result.stderr
+
+
+def test_the_cli_refuses_counts_out_of_range(tmp_path, capsys):
+    result = run_shapes_cli("--task", "pairs", "--output", str(tmp_path / "out"), "--num-train", "-5")
+    assert result.returncode == 2 and "argument --num-train: must be >= 1, got -5" in result.stderr
+    assert not (tmp_path / "out").exists()
+    for flag, value in [("--num-train", "0"), ("--num-test", "-1"), ("--image-size", "0"), ("--num-validation", "x")]:
+        with pytest.raises(SystemExit) as exit_info:
+            shapes.main(["--task", "pairs", "--output", str(tmp_path / "out"), flag, value])
+        assert exit_info.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err
+
+
+def test_the_package_still_exposes_the_builders_lazily():
+    import modeling_florence as mf
+
+    assert mf.build_detection is shapes.build_detection and "build_vqa" in dir(mf)

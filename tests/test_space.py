@@ -298,8 +298,19 @@ def test_task_tabs_refuse_bad_uploads_clearly(app_url, image_path, tmp_path):
         client.predict(handle_file(str(long_clip)), "only one", api_name="/recognise")
 
 
-def test_a_missing_model_folder_gives_a_note_not_a_crash(monkeypatch, tmp_path, example_script):
-    app = example_script("space/app.py")
+def load_space_app():
+    """The Space's `app.py`, imported by path (the Space is an app folder, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "space" / "app.py"
+    spec = importlib.util.spec_from_file_location("app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_missing_model_folder_gives_a_note_not_a_crash(monkeypatch, tmp_path):
+    app = load_space_app()
     for demo in (app.DetectionDemo, app.VQADemo, app.VideoDemo):
         monkeypatch.delenv(demo.env, raising=False)
         monkeypatch.chdir(tmp_path)  # no outputs/ here: the default folders are missing
@@ -309,3 +320,17 @@ def test_a_missing_model_folder_gives_a_note_not_a_crash(monkeypatch, tmp_path, 
     assert "nowhere" in app.VQADemo().note
     blocks = app.build_app([app.DetectionDemo(), app.VQADemo(), app.VideoDemo()])
     assert "make demo-detection" in str(blocks.config)
+
+
+def test_the_space_reads_uploads_with_the_package_loader(tmp_path):
+    """EXIF orientation, 16-bit PNG and transparency go through `image_loading_florence`, not `convert("RGB")`."""
+    app = load_space_app()
+    tall = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = tall.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    tall.save(tmp_path / "phone.jpg", exif=exif)
+    assert app.load_image(str(tmp_path / "phone.jpg")).size == (20, 40)
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "deep.png")
+    assert abs(int(np.asarray(app.load_image(str(tmp_path / "deep.png")))[0, 0, 0]) - 128) <= 1
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    assert np.asarray(app.load_image(str(tmp_path / "clear.png"))).min() == 255  # white, not black

@@ -27,13 +27,14 @@ import av
 import gradio as gr
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.ops import clip_boxes_to_image
 from transformers import AutoConfig, AutoModel
 
 import modeling_florence as mf  # registers the Florence model types
 from modeling_florence.evaluation_florence import zero_shot_classifier
 from modeling_florence.evaluation_florence_video import VIDEO_TEMPLATES, encode_videos
-from modeling_florence.image_loading_florence import open_image
+from modeling_florence.image_loading_florence import decode_bounded, open_image, to_rgb_array
 from modeling_florence.video_processing_florence import VIDEO_SUFFIXES
 
 MAX_UPLOAD_MB = float(os.environ.get("FLORENCE_MAX_UPLOAD_MB", "10"))
@@ -63,12 +64,14 @@ def check_file_size(path: str, limit_mb: float, kind: str) -> None:
 
 
 def load_image(path: str | None):
-    """An uploaded image, size-checked before decoding, or a clear `gr.Error`."""
+    """An uploaded image read by the package's loader (size-checked before decoding, upright by its EXIF orientation,
+    16-bit scaled to 8-bit, transparency composited onto white), or a clear `gr.Error`."""
     if not path:
         raise gr.Error("Upload an image first.")
     check_file_size(path, MAX_UPLOAD_MB, "image")
     try:
-        return open_image(path, max_pixels=MAX_PIXELS).convert("RGB")
+        image = decode_bounded(open_image(path, max_pixels=MAX_PIXELS), max_pixels=MAX_PIXELS, name="The upload")
+        return Image.fromarray(to_rgb_array(image))
     except (ValueError, OSError) as error:
         raise gr.Error(f"Could not read the upload as an image: {user_message(error)}") from None
 

@@ -1,0 +1,320 @@
+# Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""Florence-2 in the family: an image tower + Transformers' Florence-2 projector and BART encoder-decoder.
+
+Built on Transformers' own classes (`transformers.models.florence2`): the language model, the projector, the merging
+of image features into the `<image>` placeholders, the loss and `generate()` are Transformers' code. What is ours:
+
+- the image tower is chosen at construction from `config.vision_tower`:
+  - `davit`: Transformers' `Florence2VisionBackbone`, at `model.vision_tower` with Transformers' parameter names, so a
+    `florence-community/Florence-2-*` folder loads unchanged and a folder saved here loads back into
+    `Florence2ForConditionalGeneration`;
+  - `coswin`: our CoSwin (`FlorenceVisionModel`), built with `from_florence(folder_or_model)` from a two-tower
+    Florence, CoSwin or backbone folder; `vision_feature_stages` adds earlier stages' tokens (LayerNorm + Linear to
+    the last width each, then the projector's 2-D position table);
+- clear errors for images without pixels and for an unbounded `max_new_tokens`;
+- `FlorenceDaViTBackbone`: the DaViT of a Florence-2 folder as an `AutoBackbone` for the other adapters.
+"""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput
+from transformers.models.florence2.modeling_florence2 import (
+    Florence2ForConditionalGeneration,
+    Florence2Model,
+    Florence2MultiModalProjector,
+    Florence2PreTrainedModel,
+    Florence2Seq2SeqLMOutput,
+    Florence2Seq2SeqModelOutput,
+    Florence2VisionBackbone,
+    Florence2VisionPreTrainedModel,
+)
+
+from .configuration_florence_generation import FlorenceDaViTConfig, FlorenceGenerationConfig
+from .modeling_coswin import FlorenceVisionModel
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Projector: Transformers' module, reading its widths from our config; several CoSwin stages concatenated
+# ----------------------------------------------------------------------------------------------------------------------
+class FlorenceGenerationStageProjection(nn.Module):
+    """LayerNorm + Linear of an earlier CoSwin stage's channels to the last stage's width (`vision_feature_stages`)."""
+
+    def __init__(self, channels: int, width: int, eps: float):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(channels, eps=eps)
+        self.dense = nn.Linear(channels, width)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.layer_norm(feature_map.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+
+class FlorenceGenerationProjector(Florence2MultiModalProjector):
+    """Transformers' `Florence2MultiModalProjector` (2-D learned positions + cosine temporal embedding, a mean token
+    before the spatial tokens, Linear + LayerNorm), given one `(B, C, H, W)` map per image-feature stage.
+
+    One map (DaViT, or CoSwin's last stage) is exactly Transformers' forward. Several maps (CoSwin
+    `vision_feature_stages`): earlier ones are first projected to the last width, each gets its own 2-D positions,
+    and their tokens are concatenated before the temporal embedding and the mean token."""
+
+    def __init__(self, config: FlorenceGenerationConfig):
+        super().__init__(SimpleNamespace(vision_config=SimpleNamespace(**config.projector_dims())))
+        self.max_grid = config.projector_dims()["max_position_embeddings"]
+        self.stage_projections = None
+        if config.vision_tower == "coswin" and len(config.image_feature_stages) > 1:
+            dims, width = config.vision_config.stage_dims, config.vision_config.hidden_size
+            eps = config.vision_config.layer_norm_eps
+            self.stage_projections = nn.ModuleDict({
+                f"stage{stage}": FlorenceGenerationStageProjection(dims[stage - 1], width, eps)
+                for stage in config.image_feature_stages[:-1]
+            })
+
+    def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
+        for feature_map in feature_maps:
+            if max(feature_map.shape[-2:]) > self.max_grid:
+                raise ValueError(
+                    f"The image gives a {feature_map.shape[-2]}x{feature_map.shape[-1]} token grid, larger than the "
+                    f"projector's 2-D position table ({self.max_grid} per side, max_position_embeddings): use smaller "
+                    "images or a later first stage in vision_feature_stages"
+                )
+        if len(feature_maps) == 1:
+            return super().forward(feature_maps[0])
+        maps = [projection(fm) for projection, fm in zip(self.stage_projections.values(), feature_maps)]
+        maps.append(feature_maps[-1])
+        tokens = torch.cat([(fm + self.image_position_embed(fm)).flatten(2).transpose(1, 2) for fm in maps], dim=1)
+        visual_tokens = (tokens + self.visual_temporal_embed(tokens[:, :1, :]).unsqueeze(1)).unsqueeze(1)
+        image_features = torch.cat([visual_tokens.mean(dim=2), visual_tokens.mean(dim=1)], dim=1)
+        return self.image_proj_norm(self.image_projection(image_features))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Image towers, chosen at construction
+# ----------------------------------------------------------------------------------------------------------------------
+def check_pixel_values(pixel_values) -> None:
+    """Clear errors for images the towers cannot encode (shapes only)."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be a tensor (batch, 3, height, width), got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must have shape (batch, channels, height, width), got "
+                         f"{tuple(pixel_values.shape)}")
+    if pixel_values.numel() == 0:
+        raise ValueError(f"pixel_values holds no pixels (shape {tuple(pixel_values.shape)}): pass at least one image "
+                         "with a non-zero height and width")
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be floating point (normalised pixels from the processor), got "
+                         f"{pixel_values.dtype}")
+
+
+def davit_image_maps(model, pixel_values: torch.Tensor, **kwargs):
+    """Transformers' DaViT: its last `(B, C, H, W)` map."""
+    outputs = model.vision_tower(pixel_values, **kwargs)
+    return outputs, [outputs.last_hidden_state]
+
+
+def coswin_image_maps(model, pixel_values: torch.Tensor, **kwargs):
+    """CoSwin: the maps of `image_feature_stages`; earlier ones from `feature_maps`, the last is the tower's
+    `last_hidden_state` (after its final LayerNorm) as a map."""
+    outputs = model.vision_tower(pixel_values=pixel_values, return_dict=True)
+    stages = model.config.image_feature_stages
+    last = outputs.feature_maps[-1]
+    final = outputs.last_hidden_state.transpose(1, 2).unflatten(2, last.shape[-2:])
+    return outputs, [outputs.feature_maps[stage - 1] for stage in stages[:-1]] + [final]
+
+
+TOWERS = {
+    "davit": (lambda config: Florence2VisionBackbone._from_config(config.vision_config), davit_image_maps),
+    "coswin": (lambda config: FlorenceVisionModel._from_config(config.vision_config), coswin_image_maps),
+}
+
+
+def load_coswin(source) -> FlorenceVisionModel:
+    """The CoSwin tower of a model (CoSwin, two-tower Florence, backbone or any adapter holding `vision_model`) or of
+    a folder (CoSwin, two-tower or backbone: `FlorenceVisionModel.from_pretrained` reads each)."""
+    if isinstance(source, (str, Path)):
+        if not Path(source).is_dir():
+            raise ValueError(f"from_florence needs a local Florence, CoSwin or backbone folder; {source} is not one")
+        return FlorenceVisionModel.from_pretrained(source)
+    if isinstance(source, FlorenceVisionModel):
+        return source
+    tower = getattr(source, "vision_model", None)
+    if isinstance(tower, FlorenceVisionModel):
+        return tower
+    raise ValueError(f"from_florence needs a Florence two-tower model, a CoSwin model or backbone (or a folder of "
+                     f"one), got {type(source).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------------
+class FlorenceGenerationPreTrainedModel(Florence2PreTrainedModel):
+    config: FlorenceGenerationConfig
+    config_class = FlorenceGenerationConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["Florence2VisionBlock", "FlorenceVisionLayer", "BartEncoderLayer", "BartDecoderLayer"]
+
+    @classmethod
+    def from_florence(cls, florence_model_or_folder, text_config=None, **config_kwargs):
+        """This model on the CoSwin tower of a pretrained Florence (a two-tower `FlorenceModel`, a CoSwin model or
+        backbone, or a folder of any of them): the tower is copied exactly, the projector and the language model
+        start from their init. `text_config` (dict or config) sizes the language model (default: `BartConfig()`'s);
+        `config_kwargs` set `image_token_id`, `vision_feature_stages`, `max_position_embeddings`, ..."""
+        tower = load_coswin(florence_model_or_folder)
+        config = FlorenceGenerationConfig(
+            vision_tower="coswin", vision_config=tower.config.to_dict(), text_config=text_config, **config_kwargs
+        )
+        model = cls(config)
+        base = model if isinstance(model, FlorenceGenerationModel) else model.model
+        base.vision_tower.load_state_dict(tower.state_dict())
+        return model
+
+
+class FlorenceGenerationModel(FlorenceGenerationPreTrainedModel, Florence2Model):
+    """Transformers' `Florence2Model` (image features into the `<image>` placeholders, BART encoder-decoder) with the
+    image tower of `config.vision_tower`."""
+
+    def __init__(self, config: FlorenceGenerationConfig):
+        Florence2PreTrainedModel.__init__(self, config)
+        build_tower, self._image_maps = TOWERS[config.vision_tower]
+        self.vision_tower = build_tower(config)
+        self.multi_modal_projector = FlorenceGenerationProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
+        """The tower's output, with `pooler_output` = the projected image tokens `(B, 1 + L, d_model)`."""
+        check_pixel_values(pixel_values)
+        kwargs.pop("return_dict", None)
+        outputs, maps = self._image_maps(self, pixel_values, **kwargs)
+        outputs.pooler_output = self.multi_modal_projector(maps)
+        return outputs
+
+    @torch.no_grad()
+    def num_image_tokens(self, height: int, width: int) -> int:
+        """How many `<image>` placeholders an image of `height x width` pixels takes (the processor's
+        `image_seq_length`)."""
+        probe = torch.zeros(1, 3, height, width, dtype=self.dtype, device=self.device)
+        _, maps = self._image_maps(self, probe)
+        return 1 + sum(fm.shape[-2] * fm.shape[-1] for fm in maps)
+
+
+class FlorenceForConditionalGeneration(FlorenceGenerationPreTrainedModel, Florence2ForConditionalGeneration):
+    """Transformers' `Florence2ForConditionalGeneration` (tied LM head, loss on `labels`, `generate()`) on
+    [`FlorenceGenerationModel`]. `generate` refuses an unbounded `max_new_tokens`."""
+
+    def __init__(self, config: FlorenceGenerationConfig):
+        Florence2PreTrainedModel.__init__(self, config)
+        self.model = FlorenceGenerationModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        return self.model.num_image_tokens(height, width)
+
+    def max_decoder_length(self) -> int:
+        """Longest sequence the decoder can write (its learned position table)."""
+        return int(getattr(self.config.text_config, "max_position_embeddings", 1024))
+
+    def check_generation_length(self, kwargs: dict) -> None:
+        limit = self.max_decoder_length()
+        generation_config = kwargs.get("generation_config")
+        for name in ("max_new_tokens", "max_length"):
+            value = kwargs.get(name, getattr(generation_config, name, None))
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value > limit:
+                raise ValueError(f"{name}={value} exceeds what the decoder can write ({limit} positions, "
+                                 f"text_config.max_position_embeddings): pass {name} <= {limit}")
+
+    def generate(self, *args, **kwargs):
+        self.check_generation_length(kwargs)
+        return super().generate(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# DaViT as a backbone for the other Florence adapters
+# ----------------------------------------------------------------------------------------------------------------------
+class FlorenceDaViTBackbone(BackboneMixin, Florence2VisionPreTrainedModel):
+    """The DaViT of a Florence-2 folder as a Transformers backbone: `(B, C, H, W)` maps of `out_features`.
+
+    The tower is Transformers' `Florence2VisionBackbone` at `vision_tower`; a map is exactly the hidden state that
+    tower records after the last block of its stage (`stem` is the first convolutional embedding). `from_pretrained`
+    reads a backbone folder, a generation folder with the DaViT tower, or a Transformers `florence2` folder
+    (`florence-community/Florence-2-*`): the tower's weights, nothing else."""
+
+    config: FlorenceDaViTConfig
+    config_class = FlorenceDaViTConfig
+    base_model_prefix = "model"
+    has_attentions = False
+    supports_gradient_checkpointing = True  # per DaViT block, in `forward`
+    # The rest of a generation folder, which the backbone leaves behind without a warning.
+    _keys_to_ignore_on_load_unexpected = [r"^(model\.)?(language_model|multi_modal_projector)\.", r"^lm_head\."]
+
+    def __init__(self, config: FlorenceDaViTConfig):
+        super().__init__(config)
+        self.vision_tower = Florence2VisionBackbone._from_config(config)
+        self.num_features = [config.embed_dim[0]] + list(config.embed_dim)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """Also from a generation (or Transformers `florence2`) folder: its `vision_config`, with the `out_features`
+        / `out_indices` asked for."""
+        backbone_kwargs = {key: kwargs.pop(key) for key in ("out_features", "out_indices") if key in kwargs}
+        if config is None:
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        if getattr(config, "vision_tower", "davit") != "davit":
+            raise ValueError(f"{pretrained_model_name_or_path} holds a {config.vision_tower} tower, not DaViT: load it "
+                             "with FlorenceVisionBackbone")
+        vision = getattr(config, "vision_config", config).to_dict()
+        if vision.get("model_type") == FlorenceDaViTConfig.model_type and not backbone_kwargs:
+            backbone_kwargs = {"out_features": vision.get("out_features")}  # a backbone folder keeps its stages
+        for key in ("model_type", "out_features", "out_indices", "stage_names"):
+            vision.pop(key, None)
+        # Rebuilt without isinstance checks: remote code loads the config class from another module object.
+        config = FlorenceDaViTConfig(**vision, **backbone_kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_tower.convs[0].conv
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
+                output_attentions: bool | None = None, return_dict: bool | None = None, **kwargs):
+        check_pixel_values(pixel_values)
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        tower = self.vision_tower
+        hidden_states = pixel_values.to(tower.convs[0].conv.weight.dtype)
+        maps = []
+        for index, (conv, blocks) in enumerate(zip(tower.convs, tower.blocks)):
+            hidden_states = conv(hidden_states)
+            if index == 0:
+                maps.append(hidden_states)
+            for block in blocks:
+                if self.gradient_checkpointing and self.training:
+                    hidden_states = self._gradient_checkpointing_func(block, hidden_states)
+                else:
+                    hidden_states = block(hidden_states)
+            maps.append(hidden_states)
+        by_name = dict(zip(self.stage_names, maps))
+        output = BackboneOutput(
+            feature_maps=tuple(by_name[name] for name in self.out_features),
+            hidden_states=tuple(m.flatten(2).transpose(1, 2) for m in maps) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "FlorenceDaViTBackbone",
+    "FlorenceForConditionalGeneration",
+    "FlorenceGenerationModel",
+    "FlorenceGenerationPreTrainedModel",
+    "Florence2Seq2SeqLMOutput",
+    "Florence2Seq2SeqModelOutput",
+]
