@@ -73,6 +73,7 @@ MAP = {
         "test_retrieval_two_processes_equal_one_on_the_same_global_batch": "test_training_florence_classification.py",
     }),
     "test_hub_export.py": ("test_export_for_hub.py", {}),
+    "test_pipelines.py": ("test_pipelines_florence.py", {}),
     "test_model_cards.py": ("test_model_card.py", {}),
     "test_pretraining.py": ("test_pretraining_florence.py", {
         "test_metrics_on_constructed_cases": "test_evaluation_florence.py",

@@ -1,19 +1,24 @@
-"""Configs refuse what they would silently ignore: typos in preset overrides (every preset, one check shared with
-recipes' `model_overrides`), unknown constructor kwargs, and preset names that are paths. Every preset still saves
-and loads unchanged."""
+"""Tests of `modeling_florence/configuration_florence.py`."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoConfig
 
 import modeling_florence as mf
-from modeling_florence.configuration_florence_video import FlorenceVideoVisionConfig
+from modeling_florence import FlorenceModel, FlorenceTextConfig, FlorenceVisionConfig, FlorenceVisionModel
 from modeling_florence.configuration_florence import check_overrides
+from modeling_florence.configuration_florence_video import FlorenceVideoVisionConfig
 from modeling_florence.recipe_florence import check_overrides as recipe_check
+
 
 PRESETS = mf.available_presets()
 WITH_VISION = [name for name in PRESETS if "vision_config" in mf.load_preset(name).to_dict()]
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_recipes_and_presets_share_one_override_check():
@@ -92,3 +97,77 @@ def test_every_preset_round_trips_through_save_and_load(name, tmp_path):
 
 def test_constructor_keywords_such_as_num_labels_are_valid_overrides():
     assert mf.load_preset("florence-vqa-tiny", num_labels=7).num_labels == 7
+
+
+# --- configs and presets ------------------------------------------------------------------------------------------
+def test_every_preset_loads_and_unknown_preset_is_named():
+    names = mf.available_presets()
+    for expected in ("coswin-t", "coswin-s", "coswin-b", "coswin-l", "coswin-h", "florence-tiny", "florence-base"):
+        assert expected in names
+    assert isinstance(mf.load_preset("coswin-b"), FlorenceVisionConfig)
+    assert mf.load_preset("coswin-b").embed_dim == 128
+    base = mf.load_preset("florence-base")
+    assert base.text_config.hidden_size == 512 and base.text_config.num_hidden_layers == 12
+    with pytest.raises(ValueError, match="Unknown preset 'coswin-x'.*coswin-t"):
+        mf.load_preset("coswin-x")
+
+
+def test_preset_sub_config_overrides_merge_into_the_preset():
+    tiny = mf.load_preset("florence-tiny")
+    smaller = mf.load_preset("florence-tiny", vision_config={"image_size": 32}, projection_dim=64)
+    assert smaller.vision_config.image_size == 32 and smaller.projection_dim == 64
+    assert smaller.vision_config.depths == tiny.vision_config.depths
+    assert smaller.vision_config.embed_dim == tiny.vision_config.embed_dim
+    assert smaller.text_config.to_dict() == tiny.text_config.to_dict()
+
+
+def test_florence_huge_matches_the_paper_sizes():
+    """CoSwin-H 637M and a 256M text tower (Florence Sec. 2.3), each within 5%, counted without allocating."""
+    with torch.device("meta"):
+        huge = FlorenceModel(mf.load_preset("florence-huge"))
+    vision = sum(p.numel() for p in huge.vision_model.parameters())
+    text = sum(p.numel() for p in huge.text_model.parameters())
+    assert abs(vision / 637e6 - 1) < 0.05, vision
+    assert abs(text / 256e6 - 1) < 0.05, text
+
+
+def test_presets_ship_as_package_data(tmp_path):
+    """A normal (non-editable) install carries `configuration/` as `modeling_florence/presets`."""
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+        cwd=REPO, check=True, capture_output=True,
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import modeling_florence as m; "
+        "assert m.__file__.startswith(sys.argv[1]), m.__file__; "
+        "print(m.presets_dir(), m.load_preset('coswin-t').embed_dim)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert str(tmp_path) in result.stdout and result.stdout.strip().endswith("96")
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(num_heads=[3, 0, 12, 24]), "num_heads"),
+        (dict(depths=[2, 2], num_heads=[3, 6, 12]), "depths and num_heads"),
+        (dict(patch_embed="overlap"), "patch_embed"),
+        (dict(downsample="pool"), "downsample"),
+    ],
+)
+def test_invalid_vision_config_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        FlorenceVisionConfig(**kwargs)
+
+
+def test_head_widths_are_checked_when_the_model_is_built():
+    config = FlorenceVisionConfig(embed_dim=37)  # serialisable, as Swin's configs (Transformers' ConfigTester uses 37)
+    assert FlorenceVisionConfig.from_dict(config.to_dict()).embed_dim == 37
+    with pytest.raises(ValueError, match=r"num_heads\[0\]=3 does not divide the stage width 37"):
+        FlorenceVisionModel(config)
+
+
+def test_invalid_text_config_names_the_field():
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        FlorenceTextConfig(hidden_size=100, num_attention_heads=3)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conversion.convert_dyhead import convert_dyhead, main  # noqa: E402
 from modeling_florence import FlorenceForObjectDetection  # noqa: E402
 from modeling_florence.modeling_florence_detection import crop_offsets, flatten_offsets  # noqa: E402
-from tests.test_detection import reference_dyhead_block  # noqa: E402
+from florence_testing import reference_dyhead_block  # noqa: E402
 
 EMBED, DEPTHS, HEADS, WINDOW = 16, (2, 2, 2, 2), (1, 2, 2, 4), 4  # Swin blocks come in pairs
 FPN, BLOCKS, CLASSES = 32, 2, 3

@@ -9,7 +9,7 @@ from transformers import AutoVideoProcessor, pipeline
 from conversion.convert_video_swin import convert, main
 from modeling_florence import FlorenceVideoProcessor
 from tests.conftest import write_video
-from tests.test_video_model import tiny_torchvision_swin3d
+from florence_testing import tiny_torchvision_swin3d
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""The shared window core of `modeling_coswin`: 2-D and 3-D window partition / reverse, relative-position index,
-shifted-window mask (against the constructions the two towers used before they shared one), patch merging, the one
-window layer of which the 2-D and 3-D blocks are configurations, its mask cache, and the renamed names' aliases."""
+"""Tests of `modeling_florence/modeling_coswin.py`."""
 
 import pytest
 import torch
+from transformers import AutoBackbone
 
 import modeling_florence as mf
+from modeling_florence import FlorenceModel, FlorenceVisionBackbone, FlorenceVisionModel
 from modeling_florence.configuration_florence_video import FlorenceVideoVisionConfig
 from modeling_florence.configuration_florence_vqa import FlorenceVQAConfig
 from modeling_florence.modeling_coswin import (
@@ -26,8 +26,11 @@ from modeling_florence.modeling_florence_video import (
     FlorenceVideoVisionModel,
     window_partition_3d,
     window_reverse_3d,
+    PATCH_EMBEDDINGS as VIDEO_PATCH_EMBEDDINGS,
 )
-from modeling_florence.modeling_florence_video import PATCH_EMBEDDINGS as VIDEO_PATCH_EMBEDDINGS
+from tests.test_common import pixel_inputs, tiny_florence_config, tiny_vision_config
+
+from florence_testing import same_weights, tiny_vision_config
 
 
 # The constructions of the two towers before they shared one core, written out per dimension as they were.
@@ -86,6 +89,33 @@ def old_mask_3d(padded, window, shift):
     )
 
 
+def vision_config(**overrides):
+    fields = dict(embed_dim=16, depths=[2], num_heads=[2], window_size=4, drop_path_rate=0.0,
+                  attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)
+    fields.update(overrides)
+    return mf.FlorenceVisionConfig(**fields)
+
+
+def video_config(**overrides):
+    fields = dict(embed_dim=16, depths=[2], num_heads=[2], patch_size=(1, 4, 4), window_size=(1, 4, 4),
+                  drop_path_rate=0.0, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0, num_frames=1)
+    fields.update(overrides)
+    return FlorenceVideoVisionConfig(**fields)
+
+
+@pytest.fixture(scope="module")
+def florence():
+    torch.manual_seed(0)
+    return FlorenceModel(tiny_florence_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def two_tower_folder(florence, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two-tower")
+    florence.save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.parametrize("size, window", [((8, 12), (4, 3)), ((7, 7), (7, 7)), ((4, 6, 9), (2, 3, 3)), ((2, 4, 4), (1, 2, 4))])
 def test_partition_matches_the_old_construction_and_reverse_inverts_it(size, window):
     x = torch.randn(2, *size, 5)
@@ -118,20 +148,6 @@ def test_shifted_window_mask_matches_the_old_construction(padded, window, shift)
     old = old_mask_2d(padded, window, shift) if len(padded) == 2 else old_mask_3d(padded, window, shift)
     assert torch.equal(mask, old)
     assert mask.abs().sum() > 0  # every case shifts along some axis: the mask is not trivially zero
-
-
-def vision_config(**overrides):
-    fields = dict(embed_dim=16, depths=[2], num_heads=[2], window_size=4, drop_path_rate=0.0,
-                  attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)
-    fields.update(overrides)
-    return mf.FlorenceVisionConfig(**fields)
-
-
-def video_config(**overrides):
-    fields = dict(embed_dim=16, depths=[2], num_heads=[2], patch_size=(1, 4, 4), window_size=(1, 4, 4),
-                  drop_path_rate=0.0, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0, num_frames=1)
-    fields.update(overrides)
-    return FlorenceVideoVisionConfig(**fields)
 
 
 def test_patch_merging_of_a_clip_is_the_image_merging_of_each_frame():
@@ -185,3 +201,77 @@ def test_renamed_names_keep_their_old_names_as_aliases(tmp_path):
         old = FlorenceVideoVisionModel.from_image_model(image, num_frames=2, window_size=2)
     for (name, a), (_, b) in zip(new.state_dict().items(), old.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("source", ["coswin", "two-tower", "backbone"])
+def test_auto_backbone_loads_the_encoder_from_every_folder(florence, two_tower_folder, tmp_path, source):
+    folder = two_tower_folder
+    if source == "coswin":
+        folder = tmp_path / "coswin"
+        FlorenceVisionModel.from_pretrained(two_tower_folder).save_pretrained(folder)
+    elif source == "backbone":
+        folder = tmp_path / "backbone"
+        FlorenceVisionBackbone.from_pretrained(two_tower_folder, config=None).save_pretrained(folder)
+    backbone = AutoBackbone.from_pretrained(str(folder), out_features=["stage2", "stage3"])
+    assert isinstance(backbone, FlorenceVisionBackbone)
+    assert backbone.out_features == ["stage2", "stage3"]
+    assert same_weights(backbone.vision_model, florence.vision_model)
+    maps = backbone(**pixel_inputs(1, size=(64, 64))).feature_maps
+    assert [tuple(m.shape[1:]) for m in maps] == [(32, 8, 8), (64, 4, 4)]
+
+
+# --- CoSwin -------------------------------------------------------------------------------------------------------
+def test_coswin_uses_cvt_convolutional_embeddings():
+    vision = FlorenceVisionModel(tiny_vision_config())
+    stem = vision.embeddings.projection
+    assert (stem.kernel_size, stem.stride, stem.padding) == ((7, 7), (4, 4), (2, 2))
+    merge = vision.stages[1].downsample.projection
+    assert (merge.kernel_size, merge.stride, merge.padding) == ((3, 3), (2, 2), (1, 1))
+    swin = FlorenceVisionModel(tiny_vision_config(patch_embed="linear", downsample="merge"))
+    assert swin.embeddings.projection.kernel_size == (4, 4)
+    assert swin.stages[1].downsample.reduction.in_features == 4 * 16
+
+
+@pytest.mark.parametrize("mode", ["conv", "linear"])
+def test_one_instance_runs_at_any_resolution(mode):
+    vision = FlorenceVisionModel(
+        tiny_vision_config(patch_embed=mode, downsample="conv" if mode == "conv" else "merge")
+    ).eval()
+    for height, width in [(224, 224), (384, 384), (800, 1333)]:
+        with torch.no_grad():
+            output = vision(torch.randn(1, 3, height, width), output_hidden_states=True)
+        maps = output.feature_maps
+        assert [m.shape[1] for m in maps] == [16, 32, 64]
+        for stage, feature_map in enumerate(maps):  # strides 4, 8, 16 up to rounding
+            assert abs(feature_map.shape[2] - height / 4 / 2**stage) <= 1
+            assert abs(feature_map.shape[3] - width / 4 / 2**stage) <= 1
+        assert output.last_hidden_state.shape == (1, maps[-1].shape[2] * maps[-1].shape[3], 64)
+        torch.testing.assert_close(output.pooler_output, output.last_hidden_state.mean(1))
+        assert len(output.hidden_states) == 4
+
+
+def test_small_windows_read_the_exact_sub_table():
+    """A 4x4 map under a 7x7 window config equals a 4x4-window block whose bias table is the centre crop."""
+    torch.manual_seed(0)
+    large = FlorenceVisionLayer(tiny_vision_config(window_size=7), 16, 2, shifted=True, drop_path_rate=0.0).eval()
+    small = FlorenceVisionLayer(tiny_vision_config(window_size=4), 16, 2, shifted=True, drop_path_rate=0.0).eval()
+    torch.nn.init.normal_(large.attn.relative_position_bias_table)
+    state = large.state_dict()
+    table = state["attn.relative_position_bias_table"].view(13, 13, 2)
+    state["attn.relative_position_bias_table"] = table[3:10, 3:10].reshape(49, 2)
+    small.load_state_dict(state)
+    hidden = torch.randn(2, 4, 4, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(large(hidden)[0], small(hidden)[0])
+    assert large.window_and_shift(4, 4) == ((4, 4), (0, 0))
+    assert large.window_and_shift(4, 20) == ((4, 7), (0, 3))
+
+
+def test_backbone_through_auto_backbone():
+    config = tiny_vision_config(out_features=["stage1", "stage2", "stage3"])
+    backbone = AutoBackbone.from_config(config)
+    assert isinstance(backbone, FlorenceVisionBackbone)
+    assert backbone.channels == [16, 32, 64]
+    with torch.no_grad():
+        maps = backbone(torch.randn(2, 3, 96, 128)).feature_maps
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 24, 32), (2, 32, 12, 16), (2, 64, 6, 8)]
