@@ -19,7 +19,12 @@ from pathlib import Path
 import modeling_florence  # noqa: F401  (registers the Florence model types)
 from modeling_florence.recipe_florence import check_arguments, check_number
 from modeling_florence.training_florence import ArgumentParser, RawDescriptionHelpFormatter
-from modeling_florence.training_florence_classification import SHIFT_IDS, run_classification, run_retrieval
+from modeling_florence.training_florence_classification import (
+    LORA_RETRIEVAL_LEARNING_RATE,
+    SHIFT_IDS,
+    run_classification,
+    run_retrieval,
+)
 
 RANGES = {"r": {"low": 1}, "num_train": {"low": 1}, "num_test": {"low": 1}, "epochs": {"low": 0, "above": True},
           "batch_size": {"low": 1}, "learning_rate": {"low": 0, "above": True},
@@ -50,7 +55,8 @@ def main(argv=None):
     parser.add_argument("--num_test", type=int, default=600)
     parser.add_argument("--epochs", type=float, default=15)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=1e-2, help="LoRA and head")
+    parser.add_argument("--learning_rate", type=float, default=None, help="LoRA and head (default: 1e-2 for "
+                        f"classification, {LORA_RETRIEVAL_LEARNING_RATE:g} for retrieval; 1e-2 wrecked retrieval)")
     parser.add_argument("--full_learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -63,8 +69,9 @@ def main(argv=None):
 
     if args.task == "retrieval":
         results = run_retrieval(args.model, str(output), lora=True, lora_r=args.r, num_train=args.num_train,
-                                num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-                                learning_rate=args.learning_rate, seed=args.seed)
+                                num_test=args.num_test, num_train_epochs=args.epochs,
+                                per_device_train_batch_size=args.batch_size,
+                                learning_rate=args.learning_rate or LORA_RETRIEVAL_LEARNING_RATE, seed=args.seed)
         print(json.dumps({k: v for k, v in results.items() if k != "losses"}, indent=2))
         return
 
@@ -76,7 +83,7 @@ def main(argv=None):
                       num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size, seed=seed)
         rows.append({"seed": seed, **run_classification(
             args.model, str(folder), mode="lora", lora_r=args.r, target_modules=args.target_modules,
-            learning_rate=args.learning_rate, **common)})
+            learning_rate=args.learning_rate or 1e-2, **common)})
         if args.compare_full:
             rows.append({"seed": seed, **run_classification(args.model, str(folder / "full"), mode="full",
                                                             learning_rate=args.full_learning_rate, **common)})
