@@ -384,13 +384,9 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 
 
-def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None = None,
-          stop_after_step: int | None = None, log_with: str | None = "tensorboard") -> dict:
-    """Run the recipe; returns the final evaluation results."""
-    began = time.perf_counter()
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    checkpoint = resolve_checkpoint(output, resume_from_checkpoint)
+def _accelerator(recipe: Recipe, output: Path, log_with: str | None) -> Accelerator:
+    """The run's Accelerator: mixed precision as the recipe asks (and this CPU allows), global batches split across
+    processes, the schedule stepped once per optimizer step."""
     mixed_precision, precision_line = resolve_mixed_precision(recipe.mixed_precision)
     # Several processes on a machine without CUDA: Accelerate needs `cpu=True` to form a gloo process group.
     multi_process_cpu = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
@@ -410,6 +406,39 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
     accelerator.print(precision_line)
     if recipe.batch_size % accelerator.num_processes:
         raise ValueError(f"batch_size {recipe.batch_size} is not divisible by {accelerator.num_processes} processes")
+    return accelerator
+
+
+def _optimizer_and_schedule(model, recipe: Recipe):
+    """Fused AdamW without decay on norms, biases, embeddings and the logit scale; cosine schedule with warm-up."""
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n or "logit_scale" in n]
+    decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "embedding" in n or "logit_scale" in n)]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = fused_adamw(groups, lr=recipe.learning_rate)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.total_steps)
+    return optimizer, scheduler
+
+
+def _save_run(model, processor, recipe: Recipe, output: Path, results: dict, history: list) -> None:
+    """The pretrained folder: model, processor, results, card, metrics.csv and the training curves."""
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
+    (output / "eval_results.json").write_text(json.dumps(results, indent=2))
+    write_model_card(output, results=results, datasets=[dataset_name(recipe.data)],
+                     description="florence-tiny pretrained from scratch with UniCL on Florence Shapes by `make demo`.")
+    _write_history(history, output / "metrics.csv")
+    plot_history(history, output / "training_curves.png")
+    print(format_table(results) if results else "No held-out evaluation sets for this data source")
+
+
+def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None = None,
+          stop_after_step: int | None = None, log_with: str | None = "tensorboard") -> dict:
+    """Run the recipe; returns the final evaluation results."""
+    began = time.perf_counter()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    checkpoint = resolve_checkpoint(output, resume_from_checkpoint)
+    accelerator = _accelerator(recipe, output, log_with)
     set_seed(recipe.seed)
     config = recipe.model_config()
     model = FlorenceModel(config)
@@ -420,11 +449,7 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
     train_pairs, test_pairs, zero_shot_set = load_training_data(recipe.data, config.vision_config.image_size)
     data = PretrainingData(train_pairs, processor, recipe, templates)
 
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n or "logit_scale" in n]
-    decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "embedding" in n or "logit_scale" in n)]
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = fused_adamw(groups, lr=recipe.learning_rate)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.total_steps)
+    optimizer, scheduler = _optimizer_and_schedule(model, recipe)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     step, history = 0, []
@@ -479,15 +504,7 @@ def train(recipe: Recipe, output: str | Path, resume_from_checkpoint: str | None
     results = _evaluate_main(accelerator, model, processor, test_pairs, zero_shot_set, templates)
     history.append({"step": step, "minutes": (time.perf_counter() - began) / 60, **results})
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(output)
-        processor.save_pretrained(output)
-        (output / "eval_results.json").write_text(json.dumps(results, indent=2))
-        write_model_card(output, results=results, datasets=[dataset_name(recipe.data)],
-                         description="florence-tiny pretrained from scratch with UniCL on Florence Shapes by `make demo`.")
-        _write_history(history, output / "metrics.csv")
-        plot_history(history, output / "training_curves.png")
-        print(format_table(results) if results else "No held-out evaluation sets for this data source")
+        _save_run(accelerator.unwrap_model(model), processor, recipe, output, results, history)
     accelerator.end_training()
     return results
 
