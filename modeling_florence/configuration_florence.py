@@ -43,6 +43,27 @@ def _accepted_kwargs(config_class) -> set[str]:
     return accepted | set(GenerationConfig._get_default_generation_params()) | PRETRAINED_CONFIG_KWARGS
 
 
+def build_sub_configs(config: PreTrainedConfig) -> None:
+    """Sub-configs given as dicts or None become instances of their classes (`sub_configs`), on any Transformers 5
+    release."""
+    for key, config_class in config.sub_configs.items():
+        value = getattr(config, key)
+        if value is None or isinstance(value, dict):
+            setattr(config, key, config_class(**(value or {})))
+
+
+def check_feature_stages(stages, last: int, field: str = "vision_feature_stages") -> list[int]:
+    """CoSwin stages (1-based) whose tokens a head reads: ascending, distinct, in [1, last] and ending with the last."""
+    if (
+        not isinstance(stages, (list, tuple)) or not stages
+        or any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= last for s in stages)
+        or list(stages) != sorted(set(stages)) or stages[-1] != last
+    ):
+        raise ValueError(f"{field} must list CoSwin stages in [1, {last}] in ascending order, ending with the last "
+                         f"({last}), got {stages!r}")
+    return list(stages)
+
+
 def check_config_kwargs(config, kwargs: dict, derived: tuple[str, ...] = ()) -> None:
     """Refuse keyword arguments a config would otherwise keep as stray attributes (`embed_dims=64` next to
     `embed_dim`), with a `ValueError` naming the key, its closest field and the valid fields. `derived` names the
@@ -257,10 +278,7 @@ class FlorenceConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.projection_dim < 1:
             raise ValueError(f"projection_dim must be a positive integer, got {self.projection_dim}")
-        for key, config_class in self.sub_configs.items():  # dicts and None, on any Transformers 5 release
-            value = getattr(self, key)
-            if value is None or isinstance(value, dict):
-                setattr(self, key, config_class(**(value or {})))
+        build_sub_configs(self)
         check_config_kwargs(self, kwargs)
         super().__post_init__(**kwargs)
 

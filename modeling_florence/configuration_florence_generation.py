@@ -17,7 +17,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.models.florence2.configuration_florence2 import Florence2VisionConfig
 
-from .configuration_florence import FlorenceVisionConfig
+from .configuration_florence import FlorenceVisionConfig, check_feature_stages
 
 VISION_CONFIGS = {"davit": Florence2VisionConfig, "coswin": FlorenceVisionConfig}
 _TOWER_OF_MODEL_TYPE = {config.model_type: tower for tower, config in VISION_CONFIGS.items()}
@@ -108,15 +108,8 @@ class FlorenceGenerationConfig(PreTrainedConfig):
             raise ValueError(f"projection_dim={self.projection_dim} must equal the language model's "
                              f"d_model={self.text_config.d_model}")
         if self.vision_feature_stages is not None:
-            stages, last = self.vision_feature_stages, len(self.vision_config.depths)
-            if (
-                not isinstance(stages, (list, tuple)) or not stages
-                or any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= last for s in stages)
-                or list(stages) != sorted(set(stages)) or stages[-1] != last
-            ):
-                raise ValueError(f"vision_feature_stages must list CoSwin stages in [1, {last}] in ascending order, "
-                                 f"ending with the last ({last}), got {stages!r}")
-            self.vision_feature_stages = list(stages)
+            self.vision_feature_stages = check_feature_stages(self.vision_feature_stages,
+                                                              len(self.vision_config.depths))
 
     @property
     def image_feature_stages(self) -> list[int]:

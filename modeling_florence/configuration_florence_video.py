@@ -14,6 +14,7 @@ from .configuration_florence import (
     DOWNSAMPLE_CHOICES,
     PATCH_EMBED_CHOICES,
     FlorenceTextConfig,
+    build_sub_configs,
     check_config_kwargs,
     check_window_tower_fields,
 )
@@ -155,10 +156,7 @@ class FlorenceVideoConfig(PreTrainedConfig):
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
         kwargs.pop("num_frames", None)  # derived from vision_config (saved for the pipeline, never read back)
-        for key, config_class in self.sub_configs.items():
-            value = getattr(self, key)
-            if value is None or isinstance(value, dict):
-                setattr(self, key, config_class(**(value or {})))
+        build_sub_configs(self)
         check_config_kwargs(self, kwargs)
         super().__post_init__(**kwargs)
 

@@ -8,7 +8,7 @@ paper's METER used RoBERTa-base. The answer vocabulary is `id2label` (`num_label
 
 from transformers import AutoConfig, PreTrainedConfig
 
-from .configuration_florence import FlorenceTextConfig, FlorenceVisionConfig, check_config_kwargs
+from .configuration_florence import FlorenceTextConfig, FlorenceVisionConfig, check_config_kwargs, check_feature_stages
 
 
 class FlorenceVQAConfig(PreTrainedConfig):
@@ -107,17 +107,8 @@ class FlorenceVQAConfig(PreTrainedConfig):
         if getattr(self.text_config, "hidden_size", None) is None:
             raise ValueError("text_config must describe an encoder with a hidden_size")
         if self.vision_feature_stages is not None:
-            stages, last = self.vision_feature_stages, len(self.vision_config.depths)
-            if (
-                not isinstance(stages, (list, tuple)) or not stages
-                or any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= last for s in stages)
-                or list(stages) != sorted(set(stages)) or stages[-1] != last
-            ):
-                raise ValueError(
-                    f"vision_feature_stages must list CoSwin stages in [1, {last}] in ascending order, ending with the "
-                    f"last ({last}), got {stages!r}"
-                )
-            self.vision_feature_stages = list(stages)
+            self.vision_feature_stages = check_feature_stages(self.vision_feature_stages,
+                                                              len(self.vision_config.depths))
         else:
             self.vision_feature_stages = [len(self.vision_config.depths)]
         if self.image_position_embeddings and self.hidden_size % 4:
