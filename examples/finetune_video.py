@@ -3,7 +3,7 @@
 `make demo-video` runs it on Florence Shapes video; a folder of videos with a csv of labels works the same way
 (`--data folder`, read by `load_video_folder`, decoded by `FlorenceVideoProcessor`).
 
-1. `FlorenceVideoModel.from_image_model(--image-model)`: the pretrained image model inflated into Video CoSwin
+1. `FlorenceVideoModel.from_florence(--image-model)`: the pretrained image model inflated into Video CoSwin
    (florence-video-tiny windows);
 2. zero-shot action accuracy before fine-tuning (class names through the text tower with templates);
 3. video-text fine-tuning with the UniCL loss on (clip, caption) pairs ("a red circle moving left"), skipped with
@@ -101,7 +101,7 @@ def build_models(args):
     else:
         image_model = FlorenceModel.from_pretrained(args.image_model).eval()
         processor = FlorenceProcessor.from_pretrained(args.image_model)
-        model = FlorenceVideoModel.from_image_model(image_model, num_frames=args.num_frames, window_sizes=windows,
+        model = FlorenceVideoModel.from_florence(image_model, num_frames=args.num_frames, window_sizes=windows,
                                                     image_size=args.image_size)
     video_processor = processor.video_processor
     video_processor.num_frames = args.num_frames

@@ -275,7 +275,7 @@ def test_inflation_rules():
     ],
 )
 def test_inflated_model_on_a_still_clip_equals_the_image_model(image_model, frames, side, window_sizes):
-    video = FlorenceVideoModel.from_image_model(image_model, num_frames=frames, window_size=4,
+    video = FlorenceVideoModel.from_florence(image_model, num_frames=frames, window_size=4,
                                                 window_sizes=window_sizes).eval()
     frame = torch.randn(2, 3, side, side)
     clip = frame[:, None].expand(-1, frames, -1, -1, -1)
@@ -290,7 +290,7 @@ def test_inflated_model_on_a_still_clip_equals_the_image_model(image_model, fram
 
 def test_inflation_is_not_exact_when_time_is_zero_padded(image_model):
     """The stated condition is sharp: T' = 5 with a temporal window of 4 pads three zero tokens along time."""
-    video = FlorenceVideoVisionModel.from_image_model(image_model, num_frames=10, window_size=4).eval()
+    video = FlorenceVideoVisionModel.from_florence(image_model, num_frames=10, window_size=4).eval()
     frame = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         gap = (video(frame[:, None].expand(-1, 10, -1, -1, -1)).pooler_output
@@ -304,7 +304,7 @@ def test_inflation_in_swin_mode_and_from_a_vision_folder(tmp_path):
         mf.FlorenceVisionConfig(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4,
                                 patch_embed="linear", downsample="merge"))).eval()
     image_tower.save_pretrained(tmp_path)
-    video = FlorenceForVideoClassification.from_image_model(
+    video = FlorenceForVideoClassification.from_florence(
         str(tmp_path), num_frames=4, window_size=2, id2label={0: "left", 1: "right"}).eval()
     assert video.config.id2label == {0: "left", 1: "right"} and video.config.vision_config.patch_embed == "linear"
     frame = torch.randn(1, 3, 48, 48)
@@ -313,19 +313,19 @@ def test_inflation_in_swin_mode_and_from_a_vision_folder(tmp_path):
                                    image_tower(frame).pooler_output, atol=1e-4, rtol=0)
 
 
-def test_from_image_model_copies_the_text_tower_from_a_folder(image_model, tmp_path):
+def test_from_florence_copies_the_text_tower_from_a_folder(image_model, tmp_path):
     image_model.save_pretrained(tmp_path)
-    video = FlorenceVideoModel.from_image_model(str(tmp_path), num_frames=4)
+    video = FlorenceVideoModel.from_florence(str(tmp_path), num_frames=4)
     assert video.config.vision_config.window_size == [8, 4, 4] and video.config.num_frames == 4
     input_ids = text_batch()
     with torch.no_grad():
         torch.testing.assert_close(video.get_text_features(input_ids).pooler_output,
                                    image_model.get_text_features(input_ids).pooler_output)
     assert video.logit_scale.item() == image_model.logit_scale.item()
-    changed = FlorenceVideoVisionModel.from_image_model(image_model, window_size=(2, 6, 6))  # bias table resized
+    changed = FlorenceVideoVisionModel.from_florence(image_model, window_size=(2, 6, 6))  # bias table resized
     assert changed.stages[0].blocks[0].attn.relative_position_bias_table.shape == (3 * 11 * 11, 1)
     with pytest.raises(ValueError, match="two-tower FlorenceModel"):
-        FlorenceVideoModel.from_image_model(image_model.vision_model)
+        FlorenceVideoModel.from_florence(image_model.vision_model)
 
 
 # --- video-text model and classification -------------------------------------------------------------------------
