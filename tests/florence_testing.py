@@ -201,3 +201,24 @@ def reference_deform_conv(x, offset, mask, weight, bias, stride):
         sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         out = out + torch.einsum("oc,bchw->bohw", weight[:, :, ky, kx], sampled * mask[:, k : k + 1])
     return out
+
+
+def randomize_(module: torch.nn.Module) -> torch.nn.Module:
+    """Make norms, biases and bias tables non-trivial so a wrong mapping cannot hide behind identity init."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if name.endswith("bias") or "bias_table" in name or "norm" in name:
+                noise = torch.randn(parameter.shape, generator=generator) * 0.2
+                parameter.copy_(noise + (1.0 if name.endswith("weight") else 0.0))
+    return module
+
+
+def perturb_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+    """Add noise to norms, biases and bias tables: non-trivial norms, biases and bias tables, so a wrong mapping cannot hide behind identity init."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if name.endswith("bias") or "bias_table" in name or "norm" in name or "layernorm" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    return module

@@ -9,6 +9,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from conversion.convert_clip_text import convert_clip_text, main, main as convert_clip_text_main
 from modeling_florence import FlorenceTextModel
+from florence_testing import randomize_
 
 
 @pytest.fixture
@@ -17,17 +18,6 @@ def clip_folder(tmp_path):
                             num_attention_heads=4, max_position_embeddings=20, eos_token_id=999, bos_token_id=998)
     CLIPTextModel(config).save_pretrained(tmp_path / "clip")
     return tmp_path / "clip"
-
-
-def randomize_(module: torch.nn.Module) -> torch.nn.Module:
-    """Make norms, biases and bias tables non-trivial so a wrong mapping cannot hide behind identity init."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if name.endswith("bias") or "bias_table" in name or "norm" in name:
-                noise = torch.randn(parameter.shape, generator=generator) * 0.2
-                parameter.copy_(noise + (1.0 if name.endswith("weight") else 0.0))
-    return module
 
 
 def tokens(batch=3, length=12, vocab=1000, eos=999):

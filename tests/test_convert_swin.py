@@ -10,6 +10,7 @@ from transformers import Swinv2Config, Swinv2Model, SwinConfig, SwinModel
 
 from conversion.convert_swin import convert_swin, main, main as convert_swin_main
 from modeling_florence import FlorenceVisionModel
+from florence_testing import randomize_
 
 
 TINY = dict(embed_dim=16, depths=(2, 4), num_heads=(1, 2), window_size=4, img_size=32, num_classes=0)
@@ -23,26 +24,6 @@ def weights():
 
 def without(weights, *prefixes):
     return {k: v for k, v in weights.items() if not k.startswith(prefixes)}
-
-
-def randomize_(module: torch.nn.Module) -> torch.nn.Module:
-    """Make norms, biases and bias tables non-trivial so a wrong mapping cannot hide behind identity init."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if name.endswith("bias") or "bias_table" in name or "norm" in name:
-                noise = torch.randn(parameter.shape, generator=generator) * 0.2
-                parameter.copy_(noise + (1.0 if name.endswith("weight") else 0.0))
-    return module
-
-
-@pytest.fixture(scope="module")
-def timm_swin_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = randomize_(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)).eval()
-    path = tmp_path_factory.mktemp("timm") / "swin_tiny.pth"
-    torch.save(model.state_dict(), path)
-    return model, path
 
 
 def swin_variant(tmp_path, path, name, edit) -> str:

@@ -6,16 +6,7 @@ import torch
 from modeling_florence import FlorenceForVideoClassification
 
 from florence_testing import tiny_video_config
-
-
-def randomize_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
-    """Non-trivial norms, biases and bias tables, so a wrong mapping cannot hide behind identity init."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if name.endswith("bias") or "bias_table" in name or "norm" in name or "layernorm" in name:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
-    return module
+from florence_testing import perturb_
 
 
 # --- fine-tuning with Trainer and multi-view evaluation ------------------------------------------------------------
@@ -29,7 +20,7 @@ def test_trainer_multi_view_evaluation_averages_each_videos_views(tmp_path):
     torch.manual_seed(0)
     config = tiny_video_config()
     config.id2label, config.label2id = {0: "a", 1: "b", 2: "c"}, {"a": 0, "b": 1, "c": 2}
-    model = randomize_(FlorenceForVideoClassification(config)).eval()
+    model = perturb_(FlorenceForVideoClassification(config)).eval()
     with torch.no_grad():
         model.classifier.weight.mul_(300)  # confident, view-dependent predictions
     videos, views = 5, 3

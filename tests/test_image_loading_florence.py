@@ -1,9 +1,7 @@
 """Tests of `modeling_florence/image_loading_florence.py`."""
 
 import base64
-import io
 import struct
-import urllib.request
 import zlib
 
 import numpy as np
@@ -78,21 +76,6 @@ def png_header_only(width, height) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-@pytest.fixture
-def fake_web(monkeypatch, tmp_path):
-    """Replaces urllib's urlopen: records requested URLs and serves a small PNG (no network in tests)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), (255, 0, 0)).save(buffer, "PNG")
-    requested = []
-
-    def urlopen(url, timeout=None):
-        requested.append(url)
-        return io.BytesIO(buffer.getvalue())
-
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
-    return requested
 
 
 @pytest.mark.parametrize("width, height", [(0, 0), (0, 5), (5, 0), (-1, 5)])

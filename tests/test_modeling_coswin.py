@@ -5,7 +5,7 @@ import torch
 from transformers import AutoBackbone
 
 import modeling_florence as mf
-from modeling_florence import FlorenceModel, FlorenceVisionBackbone, FlorenceVisionModel
+from modeling_florence import FlorenceVisionBackbone, FlorenceVisionModel
 from modeling_florence.configuration_florence_video import FlorenceVideoVisionConfig
 from modeling_florence.configuration_florence_vqa import FlorenceVQAConfig
 from modeling_florence.modeling_coswin import (
@@ -28,7 +28,7 @@ from modeling_florence.modeling_florence_video import (
     window_reverse_3d,
     PATCH_EMBEDDINGS as VIDEO_PATCH_EMBEDDINGS,
 )
-from tests.test_common import pixel_inputs, tiny_florence_config, tiny_vision_config
+from tests.test_common import pixel_inputs, tiny_vision_config
 
 from florence_testing import same_weights, tiny_vision_config
 
@@ -101,19 +101,6 @@ def video_config(**overrides):
                   drop_path_rate=0.0, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0, num_frames=1)
     fields.update(overrides)
     return FlorenceVideoVisionConfig(**fields)
-
-
-@pytest.fixture(scope="module")
-def florence():
-    torch.manual_seed(0)
-    return FlorenceModel(tiny_florence_config()).eval()
-
-
-@pytest.fixture(scope="module")
-def two_tower_folder(florence, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("two-tower")
-    florence.save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize("size, window", [((8, 12), (4, 3)), ((7, 7), (7, 7)), ((4, 6, 9), (2, 3, 3)), ((2, 4, 4), (1, 2, 4))])

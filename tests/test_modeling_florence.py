@@ -24,19 +24,6 @@ def tiny_model():
     return mf.FlorenceModel(tiny_florence_config()).eval()
 
 
-@pytest.fixture(scope="module")
-def florence():
-    torch.manual_seed(0)
-    return FlorenceModel(tiny_florence_config()).eval()
-
-
-@pytest.fixture(scope="module")
-def two_tower_folder(florence, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("two-tower")
-    florence.save_pretrained(folder)
-    return folder
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,25 +6,9 @@ from transformers import AutoModelForImageClassification, pipeline
 
 import modeling_florence as mf
 from modeling_florence.evaluation_florence import encode_images, zero_shot_classification, zero_shot_classifier
-from modeling_florence.training_florence_classification import build_shifted_classification
 
 
 TEMPLATES = ["a {}", "a photo of a {}"]
-
-
-@pytest.fixture(scope="module")
-def florence_folder(tmp_path_factory):
-    """A random florence-tiny at 32 px saved with its processor, as `make demo` saves the pretrained one."""
-    folder = tmp_path_factory.mktemp("florence")
-    torch.manual_seed(0)
-    mf.FlorenceModel(mf.load_preset("florence-tiny", vision_config={"image_size": 32})).save_pretrained(folder)
-    mf.FlorenceProcessor.from_defaults(image_size=32).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def shifted():
-    return build_shifted_classification(num_train=60, num_test=60, image_size=32)
 
 
 def test_step_zero_predictions_equal_zero_shot_classification(florence_folder, shifted):

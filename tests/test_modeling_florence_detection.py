@@ -49,22 +49,6 @@ def reference_atss(anchors, gt, level_counts, topk):
 # ----------------------------------------------------------------------------------------------------------------------
 # A DyHead block against a from-the-paper reference
 # ----------------------------------------------------------------------------------------------------------------------
-def reference_deform_conv(x, offset, mask, weight, bias, stride):
-    """DCNv2 from its definition: y(p) = sum_k w_k * m_k(p) * x(p * stride - 1 + p_k + dp_k), bilinear with zeros
-    outside, written with grid_sample (sampling point (y, x) at exactly the pixel grid: align_corners=True)."""
-    batch, _, height, width = x.shape
-    out_h, out_w = offset.shape[-2:]
-    ys = torch.arange(out_h, dtype=x.dtype)[:, None] * stride - 1
-    xs = torch.arange(out_w, dtype=x.dtype)[None, :] * stride - 1
-    out = bias[None, :, None, None].expand(batch, -1, out_h, out_w).clone()
-    for k in range(9):
-        ky, kx = divmod(k, 3)
-        sample_y = ys + ky + offset[:, 2 * k]
-        sample_x = xs + kx + offset[:, 2 * k + 1]
-        grid = torch.stack([sample_x / (width - 1) * 2 - 1, sample_y / (height - 1) * 2 - 1], dim=-1)
-        sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        out = out + torch.einsum("oc,bchw->bohw", weight[:, :, ky, kx], sampled * mask[:, k : k + 1])
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------

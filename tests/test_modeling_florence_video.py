@@ -25,6 +25,7 @@ from modeling_florence.modeling_florence_video import (
 from tests.test_common import tiny_video_classification_config
 
 from florence_testing import tiny_torchvision_swin3d, tiny_video_config, tiny_vision
+from florence_testing import perturb_
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +42,6 @@ def clips(batch=2):
 EOS = 49407
 
 
-def randomize_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
-    """Non-trivial norms, biases and bias tables, so a wrong mapping cannot hide behind identity init."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if name.endswith("bias") or "bias_table" in name or "norm" in name or "layernorm" in name:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
-    return module
-
-
 def text_batch(batch=3, length=7):
     input_ids = torch.randint(1, 49000, (batch, length), generator=torch.Generator().manual_seed(1))
     input_ids[:, 0], input_ids[:, -1] = 49406, EOS
@@ -61,7 +52,7 @@ def text_batch(batch=3, length=7):
 def image_model():
     """A florence-tiny image model with non-trivial weights (window 4, patch 4, conv embeddings)."""
     torch.manual_seed(0)
-    return randomize_(FlorenceModel(mf.load_preset("florence-tiny"))).eval()
+    return perturb_(FlorenceModel(mf.load_preset("florence-tiny"))).eval()
 
 
 @pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [5, -7]])
@@ -300,7 +291,7 @@ def test_inflation_is_not_exact_when_time_is_zero_padded(image_model):
 
 def test_inflation_in_swin_mode_and_from_a_vision_folder(tmp_path):
     torch.manual_seed(0)
-    image_tower = randomize_(FlorenceVisionModel(
+    image_tower = perturb_(FlorenceVisionModel(
         mf.FlorenceVisionConfig(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4,
                                 patch_embed="linear", downsample="merge"))).eval()
     image_tower.save_pretrained(tmp_path)

@@ -26,21 +26,6 @@ def processor():
     return FlorenceProcessor.from_defaults(image_size=64, num_frames=4)
 
 
-@pytest.fixture
-def fake_web(monkeypatch, tmp_path):
-    """Replaces urllib's urlopen: records requested URLs and serves a small PNG (no network in tests)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), (255, 0, 0)).save(buffer, "PNG")
-    requested = []
-
-    def urlopen(url, timeout=None):
-        requested.append(url)
-        return io.BytesIO(buffer.getvalue())
-
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
-    return requested
-
-
 TEXTS_NEEDING_CLEANUP = ["&amp; html &lt;tags&gt;", "Ｆｕｌｌｗｉｄｔｈ ﬁ ligature", "mojibake: schÃ¶n"]
 
 

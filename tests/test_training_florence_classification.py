@@ -28,21 +28,6 @@ from modeling_florence.training_florence_classification import (
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def florence_folder(tmp_path_factory):
-    """A random florence-tiny at 32 px saved with its processor, as `make demo` saves the pretrained one."""
-    folder = tmp_path_factory.mktemp("florence")
-    torch.manual_seed(0)
-    mf.FlorenceModel(mf.load_preset("florence-tiny", vision_config={"image_size": 32})).save_pretrained(folder)
-    mf.FlorenceProcessor.from_defaults(image_size=32).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def shifted():
-    return build_shifted_classification(num_train=60, num_test=60, image_size=32)
-
-
 def test_data_errors_name_the_missing_columns(tmp_path):
     table = build_shifted_classification(num_train=2, num_test=0, image_size=32)["train"].rename_column("label", "y")
     with pytest.raises(ValueError, match=r"classification data set has no column\(s\) \['label'\].*'image', 'y'"):
