@@ -26,6 +26,7 @@ from modeling_florence.training_florence_classification import (
     run_retrieval,
 )
 
+LORA_CLASSIFICATION_LEARNING_RATE = 1e-2
 RANGES = {"r": {"low": 1}, "num_train": {"low": 1}, "num_test": {"low": 1}, "epochs": {"low": 0, "above": True},
           "batch_size": {"low": 1}, "learning_rate": {"low": 0, "above": True},
           "full_learning_rate": {"low": 0, "above": True}, "seed": {"low": 0}}
@@ -55,8 +56,9 @@ def main(argv=None):
     parser.add_argument("--num_test", type=int, default=600)
     parser.add_argument("--epochs", type=float, default=15)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=None, help="LoRA and head (default: 1e-2 for "
-                        f"classification, {LORA_RETRIEVAL_LEARNING_RATE:g} for retrieval; 1e-2 wrecked retrieval)")
+    parser.add_argument("--learning_rate", type=float, default=None, help="LoRA and head (default: "
+                        f"{LORA_CLASSIFICATION_LEARNING_RATE:g} for classification, {LORA_RETRIEVAL_LEARNING_RATE:g} "
+                        f"for retrieval, which {LORA_CLASSIFICATION_LEARNING_RATE:g} wrecked)")
     parser.add_argument("--full_learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -83,7 +85,7 @@ def main(argv=None):
                       num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size, seed=seed)
         rows.append({"seed": seed, **run_classification(
             args.model, str(folder), mode="lora", lora_r=args.r, target_modules=args.target_modules,
-            learning_rate=args.learning_rate or 1e-2, **common)})
+            learning_rate=args.learning_rate or LORA_CLASSIFICATION_LEARNING_RATE, **common)})
         if args.compare_full:
             rows.append({"seed": seed, **run_classification(args.model, str(folder / "full"), mode="full",
                                                             learning_rate=args.full_learning_rate, **common)})

@@ -106,7 +106,8 @@ def same_weights(module_a, module_b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def tiny_vision_config(**overrides) -> FlorenceVisionConfig:
+def tiny_window7_vision_config(**overrides) -> FlorenceVisionConfig:
+    """A tiny CoSwin with Swin's window of 7 (test_common's `tiny_vision_config` uses 4)."""
     config = dict(embed_dim=16, depths=[1, 2, 1], num_heads=[1, 2, 4], window_size=7, drop_path_rate=0.0)
     config.update(overrides)
     return FlorenceVisionConfig(**config)

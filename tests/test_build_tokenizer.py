@@ -3,8 +3,6 @@
 import pytest
 from transformers import AutoTokenizer
 
-from conversion.build_tokenizer import build_tokenizer
-from modeling_florence import default_tokenizer_path
 from modeling_florence.processing_florence import default_tokenizer_path
 
 pytest.importorskip("open_clip")  # the builder reads the BPE file from the open_clip wheel

@@ -25,15 +25,6 @@ RESULTS = {"zero_shot_top1": 90.0, "classes": 30.0, "retrieval_pairs": 540.0, "b
            "train_seconds": 12.5, "mode": "full"}
 
 
-@pytest.fixture(scope="module")
-def florence_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("florence")
-    torch.manual_seed(0)
-    mf.FlorenceModel(mf.load_preset("florence-tiny", vision_config={"image_size": 32})).save_pretrained(folder)
-    mf.FlorenceProcessor.from_defaults(image_size=32).save_pretrained(folder)
-    return folder
-
-
 def published(card: ModelCard) -> dict:
     return {result.metric_type: result.metric_value for result in card.data.eval_results or []}
 

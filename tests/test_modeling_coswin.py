@@ -28,9 +28,9 @@ from modeling_florence.modeling_florence_video import (
     window_reverse_3d,
     PATCH_EMBEDDINGS as VIDEO_PATCH_EMBEDDINGS,
 )
-from tests.test_common import pixel_inputs, tiny_vision_config
+from tests.test_common import pixel_inputs
 
-from florence_testing import same_weights, tiny_vision_config
+from florence_testing import same_weights, tiny_window7_vision_config
 
 
 # The constructions of the two towers before they shared one core, written out per dimension as they were.
@@ -209,12 +209,12 @@ def test_auto_backbone_loads_the_encoder_from_every_folder(florence, two_tower_f
 
 # --- CoSwin -------------------------------------------------------------------------------------------------------
 def test_coswin_uses_cvt_convolutional_embeddings():
-    vision = FlorenceVisionModel(tiny_vision_config())
+    vision = FlorenceVisionModel(tiny_window7_vision_config())
     stem = vision.embeddings.projection
     assert (stem.kernel_size, stem.stride, stem.padding) == ((7, 7), (4, 4), (2, 2))
     merge = vision.stages[1].downsample.projection
     assert (merge.kernel_size, merge.stride, merge.padding) == ((3, 3), (2, 2), (1, 1))
-    swin = FlorenceVisionModel(tiny_vision_config(patch_embed="linear", downsample="merge"))
+    swin = FlorenceVisionModel(tiny_window7_vision_config(patch_embed="linear", downsample="merge"))
     assert swin.embeddings.projection.kernel_size == (4, 4)
     assert swin.stages[1].downsample.reduction.in_features == 4 * 16
 
@@ -222,7 +222,7 @@ def test_coswin_uses_cvt_convolutional_embeddings():
 @pytest.mark.parametrize("mode", ["conv", "linear"])
 def test_one_instance_runs_at_any_resolution(mode):
     vision = FlorenceVisionModel(
-        tiny_vision_config(patch_embed=mode, downsample="conv" if mode == "conv" else "merge")
+        tiny_window7_vision_config(patch_embed=mode, downsample="conv" if mode == "conv" else "merge")
     ).eval()
     for height, width in [(224, 224), (384, 384), (800, 1333)]:
         with torch.no_grad():
@@ -240,8 +240,8 @@ def test_one_instance_runs_at_any_resolution(mode):
 def test_small_windows_read_the_exact_sub_table():
     """A 4x4 map under a 7x7 window config equals a 4x4-window block whose bias table is the centre crop."""
     torch.manual_seed(0)
-    large = FlorenceVisionLayer(tiny_vision_config(window_size=7), 16, 2, shifted=True, drop_path_rate=0.0).eval()
-    small = FlorenceVisionLayer(tiny_vision_config(window_size=4), 16, 2, shifted=True, drop_path_rate=0.0).eval()
+    large = FlorenceVisionLayer(tiny_window7_vision_config(window_size=7), 16, 2, shifted=True, drop_path_rate=0.0).eval()
+    small = FlorenceVisionLayer(tiny_window7_vision_config(window_size=4), 16, 2, shifted=True, drop_path_rate=0.0).eval()
     torch.nn.init.normal_(large.attn.relative_position_bias_table)
     state = large.state_dict()
     table = state["attn.relative_position_bias_table"].view(13, 13, 2)
@@ -255,7 +255,7 @@ def test_small_windows_read_the_exact_sub_table():
 
 
 def test_backbone_through_auto_backbone():
-    config = tiny_vision_config(out_features=["stage1", "stage2", "stage3"])
+    config = tiny_window7_vision_config(out_features=["stage1", "stage2", "stage3"])
     backbone = AutoBackbone.from_config(config)
     assert isinstance(backbone, FlorenceVisionBackbone)
     assert backbone.channels == [16, 32, 64]

@@ -13,9 +13,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import modeling_florence as mf
 from modeling_florence import FlorenceModel, FlorenceTextModel, FlorenceVisionModel, FlorenceConfig, unicl_loss
-from tests.test_common import tiny_florence_config, pixel_inputs, text_inputs, tiny_vision_config
+from tests.test_common import tiny_florence_config, pixel_inputs, text_inputs
 
-from florence_testing import same_weights, tiny_vision_config
+from florence_testing import same_weights, tiny_window7_vision_config
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ EOS = 49407
 def tiny_config(**vision_overrides) -> FlorenceConfig:
     text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     return FlorenceConfig(
-        vision_config=tiny_vision_config(**vision_overrides).to_dict(), text_config=text, projection_dim=24
+        vision_config=tiny_window7_vision_config(**vision_overrides).to_dict(), text_config=text, projection_dim=24
     )
 
 

@@ -12,7 +12,7 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 import modeling_florence as mf
-from modeling_florence import FlorenceProcessor, FlorenceImageProcessor, FlorenceModel, load_preset, text_label
+from modeling_florence import FlorenceProcessor, FlorenceImageProcessor, FlorenceModel, load_preset
 from modeling_florence.processing_florence import ids_label, text_label, text_labels
 
 from florence_testing import PLAIN_TEXTS, padded_like_open_clip

@@ -10,7 +10,6 @@ from transformers import AutoTokenizer, CLIPTokenizer, AutoProcessor
 
 import modeling_florence as mf
 from modeling_florence import FlorenceProcessor, FlorenceTokenizer, default_tokenizer_path
-from modeling_florence.processing_florence import default_tokenizer_path
 
 from florence_testing import PLAIN_TEXTS, padded_like_open_clip
 
