@@ -38,6 +38,7 @@ setup(
         "ftfy",
         "regex",  # open_clip's tokenizer pattern (\p{L}), in tokenization_florence
         "pycocotools",  # COCO detection mAP (evaluation_florence_detection)
+        "pycocoevalcap",  # CIDEr-D's CiderScorer (evaluation_florence_generation; its Java tools are not used)
     ],
     extras_require={
         "video": ["av"],
