@@ -56,8 +56,8 @@ from .processing_florence import FlorenceProcessor, clean_text, default_tokenize
 from .tokenization_florence import FlorenceTokenizer
 # Shapes is imported on first use (`mf.build_detection`), not here: `python -m modeling_florence.shapes` runs the
 # module as __main__, and an earlier import by this package would make runpy warn about it.
-_SHAPES_NAMES = ("build_classification", "build_detection", "build_pairs", "build_video", "build_vqa", "class_names",
-                 "vqa_score", "vqa_soft_scores")
+_SHAPES_NAMES = ("build_classification", "build_detection", "build_florence2", "build_pairs", "build_video",
+                 "build_vqa", "class_names", "vqa_score", "vqa_soft_scores")
 
 
 def __getattr__(name: str):

@@ -7,6 +7,8 @@
 - `load_coco_detection`: COCO json (`image`, `image_id`, `width`, `height`, `objects`);
 - `load_vqav2`: VQAv2 questions + annotations json (`image`, `question`, `question_id`, `question_type`, `answers`,
   `answer`);
+- `load_coco_generation`, `load_generation_jsonl`: Florence-2 rows (`image`, `image_id`, `width`, `height`, `task`,
+  `prompt`, `target`, `answers`) from a COCO detection json (`<OD>` rows) or a jsonl of (image, prompt, answer);
 - `load_video_folder`: a folder of videos with a csv of labels (`video` paths, or decoded `frames` as in Shapes,
   `label`, `caption`).
 
@@ -27,6 +29,8 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, Features, Image, IterableDataset, Sequence, Value
 from PIL import Image as PILImage
+
+from .processing_florence_generation import location_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 UNDECODED = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of bytes that are not UTF-8
@@ -274,6 +278,55 @@ def load_coco_detection(annotations: str | Path, images_dir: str | Path, strict:
                              "category": ClassLabel(names=[c["name"] for c in categories]), "area": Value("float32")}),
     })
     return Dataset.from_list(rows, features=features)
+
+
+GENERATION_FEATURES = Features({
+    "image": Image(), "image_id": Value("int64"), "width": Value("int32"), "height": Value("int32"),
+    "task": Value("string"), "prompt": Value("string"), "target": Value("string"), "answers": Sequence(Value("string")),
+})
+_TASK_PREFIX = re.compile(r"^\s*(<[A-Z][A-Z_]*>)")
+
+
+def load_coco_generation(annotations: str | Path, images_dir: str | Path, strict: bool = False) -> Dataset:
+    """A COCO detection json -> Florence-2 `<OD>` rows: the target is every object's category name and its box as
+    `<loc_..>` tokens, objects left to right (as Florence Shapes writes them)."""
+    detection = load_coco_detection(annotations, images_dir, strict=strict)
+    names = detection.features["objects"].feature["category"].names
+    rows = []
+    for row in detection.cast_column("image", Image(decode=False)):
+        size = (row["width"], row["height"])
+        objects = sorted(zip(row["objects"]["bbox"], row["objects"]["category"]), key=lambda item: item[0][0])
+        target = "".join(names[category] + location_text([x, y, x + w, y + h], size)
+                         for (x, y, w, h), category in objects)
+        rows.append({"image": row["image"]["path"], "image_id": row["image_id"], "width": row["width"],
+                     "height": row["height"], "task": "<OD>", "prompt": "<OD>", "target": target, "answers": []})
+    return Dataset.from_list(rows, features=GENERATION_FEATURES)
+
+
+def load_generation_jsonl(path: str | Path, images_dir: str | Path | None = None, strict: bool = False) -> Dataset:
+    """Lines of `{"image", "prompt", "answer"}` (optional `"answers"`: every reference answer) -> Florence-2 rows.
+    The task is the prompt's task token (`<OD>`, `<CAPTION_TO_PHRASE_GROUNDING>a dog`, ...), `<VQA>` for a bare
+    question; image paths are relative to `images_dir` (default: the file's folder)."""
+    path = Path(path)
+    rows = _table_rows(path, "jsonl")
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    counter, kept = SkipCounter(str(path), strict), []
+    for number, row in rows:
+        require_columns(row.keys(), ["image", "prompt", "answer"], f"{path}:{number}")
+        name = f"line {number}"
+        answer = counter.caption(row["answer"], name)
+        image = Path(images_dir or path.parent) / str(row["image"])
+        if answer is None or not counter.readable(image, f"{name} ({image})"):
+            continue
+        with PILImage.open(image) as opened:
+            width, height = opened.size
+        task = _TASK_PREFIX.match(str(row["prompt"]))
+        kept.append({"image": str(image), "image_id": len(kept), "width": width, "height": height,
+                     "task": task.group(1) if task else "<VQA>", "prompt": str(row["prompt"]), "target": answer,
+                     "answers": [str(a) for a in row.get("answers") or [answer]]})
+    counter.report(len(kept))
+    return Dataset.from_list(kept, features=GENERATION_FEATURES)
 
 
 def load_vqav2(

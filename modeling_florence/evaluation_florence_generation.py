@@ -21,8 +21,8 @@ polygons per object). `score_generation` also takes the processor's `{task: resu
   reference box is >= threshold; no generated box is wrong.
 - **Segmentation** (`polygon_miou`): every polygon of an example (3+ points) is filled with PIL on a (width, height)
   canvas, for prediction and reference; the mask IoU (both empty: 1, one empty: 0) is averaged over examples.
-- **Detection** (`detection_map`): COCO box mAP by pycocotools (`coco_detection_metrics`, its `AP`, `AP50`, ...
-  names kept, plus `map` / `map_50` / `map_75` aliases of AP / AP50 / AP75). Generated boxes have no confidence: each
+- **Detection** (`detection_map`): COCO box mAP by pycocotools (`coco_detection_metrics`, its `AP`, `AP50`, ...,
+  as the detection demo reports them). Generated boxes have no confidence: each
   gets `1 - index / 1000`, `index` its position in the generated sequence, so earlier boxes rank first. Generated
   labels outside the categories (free text the model wrote) are dropped and counted under `unknown_labels`; a
   reference label outside explicit `categories` is a `ValueError`.
@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 from .evaluation_florence_detection import COCO_METRIC_NAMES, coco_detection_metrics
 from .evaluation_florence_vqa import vqa_accuracy
 
-DETECTION_METRIC_NAMES = (*COCO_METRIC_NAMES, "map", "map_50", "map_75", "unknown_labels")
+DETECTION_METRIC_NAMES = (*COCO_METRIC_NAMES, "unknown_labels")
 DETECTION_TASKS = ("<OD>", "<OPEN_VOCABULARY_DETECTION>")
 CAPTION_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
 GENERATION_TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -276,7 +276,7 @@ def generation_results(predictions: list[dict], categories: list[str]) -> tuple[
 
 def detection_map(predictions: list[dict], references: list[dict], image_sizes: list[tuple[int, int]],
                   categories: list[str] | None = None) -> dict:
-    """COCO box metrics of generated detections (`coco_detection_metrics`' names, plus `map`, `map_50`, `map_75`)
+    """COCO box metrics of generated detections (`coco_detection_metrics`' names: AP, AP50, ...)
     and `unknown_labels`; categories default to the sorted reference labels."""
     _check_lengths(predictions, references)
     sizes = _check_image_sizes(image_sizes, len(predictions))
@@ -286,7 +286,7 @@ def detection_map(predictions: list[dict], references: list[dict], image_sizes: 
     ground_truth = generation_ground_truth(references, sizes, list(categories))
     results, unknown = generation_results(predictions, list(categories))
     metrics = coco_detection_metrics(ground_truth, results)
-    metrics.update(map=metrics["AP"], map_50=metrics["AP50"], map_75=metrics["AP75"], unknown_labels=unknown)
+    metrics.update(unknown_labels=unknown)
     return metrics
 
 

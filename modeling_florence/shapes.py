@@ -9,7 +9,9 @@ Coloured shapes on textured, noisy backgrounds, rendered with numpy (thousands o
 - `build_classification`: zero-shot classification (`image`, `label` as a ClassLabel of "colour shape" names);
 - `build_detection`: COCO-style boxes (`image`, `image_id`, `width`, `height`, `objects`), 1-6 objects per image;
 - `build_vqa`: questions about colour, shape, count, position and existence with 10 annotator answers;
-- `build_video`: clips of a shape moving, growing, shrinking or rotating (`frames`, `label`, `caption`).
+- `build_video`: clips of a shape moving, growing, shrinking or rotating (`frames`, `label`, `caption`);
+- `build_florence2`: Florence-2 multi-task rows (`image`, `task`, `prompt`, `target`, `answers`): captions, detection,
+  phrase grounding, referring segmentation, region to category and VQA, boxes and polygons as `<loc_..>` tokens.
 
 Every example is drawn from its own generator seeded by (seed, task, split, index), so a split is identical across
 runs and machines and does not depend on the sizes of the others. Write a set to disk with
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value
 from PIL import Image as PILImage
+
+from .processing_florence_generation import location_text
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring")
 COLOURS = {
@@ -52,7 +56,7 @@ PAIR_VOCABULARIES = {"classes": (CLASS_COLOURS, CLASS_SHAPES), "all": (tuple(COL
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "center", "right")
 ACTIONS = ("moving left", "moving right", "moving up", "moving down", "growing", "shrinking", "rotating")
 SPLITS = ("train", "validation", "test")
-TASK_IDS = {"pairs": 1, "classification": 2, "detection": 3, "vqa": 4, "video": 5}
+TASK_IDS = {"pairs": 1, "classification": 2, "detection": 3, "vqa": 4, "video": 5, "florence2": 6}
 
 
 @dataclass
@@ -493,12 +497,121 @@ def build_video(
     return build_splits("video", make, features, _sizes(num_train, num_validation, num_test), seed)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Florence-2 multi-task rows
+# ----------------------------------------------------------------------------------------------------------------------
+# Florence-2 tasks of `build_florence2`; "<VQA>" names free-text question answering (its prompt is the bare question,
+# as Florence-2 fine-tunes on VQA).
+FLORENCE2_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<OD>", "<CAPTION_TO_PHRASE_GROUNDING>",
+                   "<REFERRING_EXPRESSION_SEGMENTATION>", "<REGION_TO_CATEGORY>", "<VQA>")
+# Polygon vertices (polar angle, radius as a fraction of the object's radius) of each shape in its own frame, from
+# the boundary functions of `shape_mask`: the corners of the polygonal shapes, 12 points around the round ones (a
+# ring's polygon is its outer boundary), the 5 tips and 5 notches of a star.
+_ROUND = tuple((2 * np.pi * k / 12, 1.0) for k in range(12))
+_STAR = tuple((-np.pi / 2 + np.pi / 5 * k, 1.0 if k % 2 else 0.45) for k in range(10))
+SHAPE_VERTICES = {
+    "circle": _ROUND, "ring": _ROUND, "star": _STAR,
+    "square": tuple((-np.pi / 4 + np.pi / 2 * k, 1.0) for k in range(4)),
+    "diamond": tuple((np.pi / 2 * k, 0.75 if k % 2 == 0 else 1.0) for k in range(4)),
+    "triangle": tuple((-np.pi / 2 + 2 * np.pi / 3 * k, 1.0) for k in range(3)),
+    "hexagon": tuple((np.pi / 3 * k, 1.0) for k in range(6)),
+}
+# The cross's 12 corners in its (u, v) frame.
+_CROSS = ((1, -0.33), (1, 0.33), (0.33, 0.33), (0.33, 1), (-0.33, 1), (-0.33, 0.33), (-1, 0.33), (-1, -0.33),
+          (-0.33, -0.33), (-0.33, -1), (0.33, -1), (0.33, -0.33))
+
+
+def outline(obj: ShapeObject) -> list[float]:
+    """The object's polygon `[x0, y0, x1, y1, ...]` in pixels (its vertices, rotated and placed)."""
+    cos, sin = np.cos(obj.angle), np.sin(obj.angle)
+    if obj.shape == "cross":
+        frame = list(_CROSS)
+    else:
+        frame = [(rho * np.cos(theta), rho * np.sin(theta)) for theta, rho in SHAPE_VERTICES[obj.shape]]
+    points = []
+    for u, v in frame:
+        points += [obj.cx + obj.radius * (u * cos - v * sin), obj.cy + obj.radius * (u * sin + v * cos)]
+    return [float(p) for p in points]
+
+
+def box_corners(obj: ShapeObject, image_size: int) -> list[float]:
+    """The tight `[x0, y0, x1, y1]` box of the object's pixels."""
+    x, y, width, height = tight_box(obj, image_size)
+    return [x, y, x + width, y + height]
+
+
+def _florence2_target(task: str, objects: list[ShapeObject], image_size: int, rng: np.random.Generator):
+    """(prompt, target, answers) of one task on a scene whose objects are sorted left to right."""
+    size = (image_size, image_size)
+    target = objects[rng.integers(len(objects))]
+    names = [f"a {o.colour} {o.shape}" for o in objects]
+    if task == "<CAPTION>":
+        text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    elif task == "<DETAILED_CAPTION>":
+        text = ", ".join(detailed_caption(o, image_size) for o in objects)
+    elif task == "<OD>":
+        text = "".join(o.shape + location_text(box_corners(o, image_size), size) for o in objects)
+    elif task == "<CAPTION_TO_PHRASE_GROUNDING>":
+        phrase = f"a {target.colour} {target.shape}"
+        return task + phrase, phrase + location_text(box_corners(target, image_size), size), []
+    elif task == "<REFERRING_EXPRESSION_SEGMENTATION>":
+        return task + f"the {target.colour} {target.shape}", location_text(outline(target), size), []
+    elif task == "<REGION_TO_CATEGORY>":
+        return task + location_text(box_corners(target, image_size), size), target.shape, []
+    elif task == "<VQA>":
+        _, question, answer, _ = _question(rng, objects, image_size)
+        return question, answer, [answer]
+    else:
+        raise ValueError(f"Unknown Florence-2 Shapes task {task!r}; tasks: {', '.join(FLORENCE2_TASKS)}")
+    return task, text, [text]
+
+
+def build_florence2(
+    num_train: int = 14000, num_validation: int = 0, num_test: int = 350, image_size: int = 96, seed: int = 0,
+    tasks: tuple[str, ...] = FLORENCE2_TASKS, max_objects: int = 3,
+) -> DatasetDict:
+    """Florence-2 multi-task rows: `image`, `image_id`, `width`, `height`, `task`, `prompt` (what the processor
+    takes: the task token and its text input, or a bare question), `target` (the text the model learns to write,
+    boxes and polygons as `<loc_..>` tokens of the image size) and `answers` (the references of text tasks).
+
+    Row `index` of a split asks `tasks[index % len(tasks)]` (repeat a task in `tasks` to weight it) about a scene of 1
+    to `max_objects` objects with distinct colours and distinct shapes (so every phrase names one object), listed
+    left to right in captions and detections. Boxes are tight; a shape's polygon is its vertices (`outline`)."""
+    unknown = sorted(set(tasks) - set(FLORENCE2_TASKS))
+    if unknown or not tasks:
+        raise ValueError(f"tasks must be a non-empty list of {', '.join(FLORENCE2_TASKS)}; unknown: {unknown}")
+    features = Features({
+        "image": Image(), "image_id": Value("int64"), "width": Value("int32"), "height": Value("int32"),
+        "task": Value("string"), "prompt": Value("string"), "target": Value("string"),
+        "answers": Sequence(Value("string")),
+    })
+
+    def make(rng, split, index):
+        colours = rng.permutation(list(COLOURS))[:max_objects]
+        shapes = rng.permutation(list(SHAPES))[:max_objects]
+        objects = []
+        for colour, shape in zip(colours, shapes):
+            placed = sample_scene(rng, image_size, 1, shapes=(shape,), colours=(colour,), radius_range=(0.12, 0.22))
+            if all(np.hypot(placed[0].cx - o.cx, placed[0].cy - o.cy) > 1.05 * (placed[0].radius + o.radius)
+                   for o in objects):
+                objects.append(placed[0])
+        objects = sorted(objects[: int(rng.integers(1, max_objects + 1))], key=lambda o: o.cx)
+        image = png(render(objects, image_size, rng))
+        prompt, target, answers = _florence2_target(tasks[index % len(tasks)], objects, image_size, rng)
+        return {"image": image, "image_id": SPLITS.index(split) * 10**7 + index, "width": image_size,
+                "height": image_size, "task": tasks[index % len(tasks)], "prompt": prompt, "target": target,
+                "answers": answers}
+
+    return build_splits("florence2", make, features, _sizes(num_train, num_validation, num_test), seed)
+
+
 BUILDERS = {
     "pairs": build_pairs,
     "classification": build_classification,
     "detection": build_detection,
     "vqa": build_vqa,
     "video": build_video,
+    "florence2": build_florence2,
 }
 
 

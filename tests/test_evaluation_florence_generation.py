@@ -106,14 +106,14 @@ SIZES = [(100, 80), (64, 64)]
 
 def test_detection_map_perfect_missing_and_unknown():
     perfect = detection_map(REFERENCES, REFERENCES, SIZES)
-    assert perfect["map"] == perfect["AP"] == pytest.approx(1.0) and perfect["map_50"] == pytest.approx(1.0)
-    assert perfect["map_75"] == pytest.approx(1.0) and perfect["unknown_labels"] == 0
+    assert perfect["AP"] == pytest.approx(1.0) and perfect["AP50"] == pytest.approx(1.0)
+    assert perfect["AP75"] == pytest.approx(1.0) and perfect["unknown_labels"] == 0
     missing = [{"bboxes": REFERENCES[0]["bboxes"][:1], "labels": ["cat"]}, REFERENCES[1]]
-    assert detection_map(missing, REFERENCES, SIZES)["map"] < 1.0
+    assert detection_map(missing, REFERENCES, SIZES)["AP"] < 1.0
     unknown = [{"bboxes": [[0, 0, 5, 5], *REFERENCES[0]["bboxes"]], "labels": ["a blue thing", "cat", "dog"]},
                {"bboxes": [[5, 5, 40, 60], [1, 1, 2, 2]], "labels": ["dog", "zebra"]}]
     metrics = detection_map(unknown, REFERENCES, SIZES)
-    assert metrics["unknown_labels"] == 2 and metrics["map"] == pytest.approx(1.0)
+    assert metrics["unknown_labels"] == 2 and metrics["AP"] == pytest.approx(1.0)
     with_zebra = detection_map(unknown, REFERENCES, SIZES, categories=["cat", "dog", "zebra"])
     assert with_zebra["unknown_labels"] == 1
     with pytest.raises(ValueError, match="categories"):
@@ -124,8 +124,8 @@ def test_detection_map_ranks_by_generation_order():
     reference = [{"bboxes": [[10, 10, 30, 30], [40, 40, 60, 60]], "labels": ["cat", "cat"]}]
     false_first = [{"bboxes": [[70, 70, 90, 90], [10, 10, 30, 30], [40, 40, 60, 60]], "labels": ["cat"] * 3}]
     false_last = [{"bboxes": [[10, 10, 30, 30], [40, 40, 60, 60], [70, 70, 90, 90]], "labels": ["cat"] * 3}]
-    assert detection_map(false_last, reference, [(100, 100)])["map_50"] == pytest.approx(1.0)
-    assert detection_map(false_first, reference, [(100, 100)])["map_50"] < 0.9
+    assert detection_map(false_last, reference, [(100, 100)])["AP50"] == pytest.approx(1.0)
+    assert detection_map(false_first, reference, [(100, 100)])["AP50"] < 0.9
 
 
 # -- per task ----------------------------------------------------------------------------------------------------------
@@ -164,9 +164,9 @@ def test_end_to_end_with_parsed_generations():
         return score_generation(task, parsed[:1], parsed[1:], **kwargs)
 
     box = "circle<loc_100><loc_100><loc_400><loc_400>"
-    assert scored("<OD>", box, box, image_sizes=[size])["map"] == pytest.approx(1.0)
+    assert scored("<OD>", box, box, image_sizes=[size])["AP"] == pytest.approx(1.0)
     assert scored("<OD>", "square" + box[6:], box, image_sizes=[size])["unknown_labels"] == 1
-    assert scored("<OPEN_VOCABULARY_DETECTION>", box, box, image_sizes=[size])["map"] == pytest.approx(1.0)
+    assert scored("<OPEN_VOCABULARY_DETECTION>", box, box, image_sizes=[size])["AP"] == pytest.approx(1.0)
     assert scored("<CAPTION_TO_PHRASE_GROUNDING>", box, box) == {"accuracy": 1.0}
     polygon = "<loc_100><loc_100><loc_400><loc_100><loc_400><loc_400><loc_100><loc_400>"
     assert scored("<REFERRING_EXPRESSION_SEGMENTATION>", polygon, polygon, image_sizes=[size]) == {"miou": 1.0}
