@@ -42,7 +42,8 @@ demo-vqa: install
 	$(PY) examples/finetune_vqa.py --florence outputs/florence-tiny-shapes --output outputs/florence-vqa-tiny-shapes --bf16
 
 # The Gradio demo Space on the `make demo*` models (FLORENCE_MODEL, FLORENCE_DETECTION_MODEL, FLORENCE_VQA_MODEL,
-# FLORENCE_VIDEO_MODEL = folder or repo id to change; a missing one is a note in its tab), http://127.0.0.1:7860.
+# FLORENCE_VIDEO_MODEL, FLORENCE_GENERATION_MODEL for the Florence-2 tasks tab = folder or repo id to change; a
+# missing one is a note in its tab), http://127.0.0.1:7860.
 app: install
 	$(PY) examples/space/app.py
 # Detection demo: from the `make demo` model (made first if missing), fine-tune florence-detection-tiny on Shapes

@@ -1,7 +1,7 @@
 """The Gradio demo Space, tested as a person and as a client would: a real Chromium drives the page (classification,
-then the detection tab), 20 concurrent API requests all get the right answer, the detection, VQA and video endpoints
-answer in their formats on tiny random-weight models, bad uploads get a clear message, and a tab whose model folder
-is missing says how to make it."""
+then the detection and Florence-2 tabs), 20 concurrent API requests all get the right answer, the detection, VQA, video
+and Florence-2 endpoints answer in their formats on tiny random-weight models, bad uploads get a clear message, and a
+tab whose model folder is missing says how to make it."""
 
 import os
 import shutil
@@ -22,11 +22,13 @@ import modeling_florence as mf
 from modeling_florence import FlorenceModel, FlorenceProcessor
 from tests.conftest import write_video
 from tests.test_common import (
+    GENERATION_TEXT,
     tiny_detection_config,
     tiny_florence_config,
     tiny_text_config,
     tiny_video_classification_config,
     tiny_video_config,
+    tiny_vision_config,
     tiny_vqa_config,
 )
 
@@ -57,8 +59,8 @@ def model_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def task_folders(tmp_path_factory):
-    """Tiny random-weight detection (open vocabulary), VQA and video (classifier + video-text) folders, saved with
-    their processors as the `make demo-*` targets save them."""
+    """Tiny random-weight detection (open vocabulary), VQA, video (classifier + video-text) and Florence-2 (CoSwin +
+    BART on the shipped tokenizer) folders, saved with their processors as the `make demo-*` targets save them."""
     root = tmp_path_factory.mktemp("space-tasks")
     torch.manual_seed(0)
     detector = mf.FlorenceForObjectDetection(
@@ -78,8 +80,25 @@ def task_folders(tmp_path_factory):
     processor.save_pretrained(root / "video")
     mf.FlorenceVideoModel(tiny_video_config()).save_pretrained(root / "video" / "video-text")
     processor.save_pretrained(root / "video" / "video-text")
+    save_generation_model(root / "generation")
     return {"FLORENCE_DETECTION_MODEL": root / "detection", "FLORENCE_VQA_MODEL": root / "vqa",
-            "FLORENCE_VIDEO_MODEL": root / "video"}
+            "FLORENCE_VIDEO_MODEL": root / "video", "FLORENCE_GENERATION_MODEL": root / "generation"}
+
+
+def save_generation_model(folder: Path) -> None:
+    """A CoSwin + BART `FlorenceForConditionalGeneration` on the shipped tokenizer, with its processor (32 px; a
+    32-position decoder, so a request writes at most 32 tokens)."""
+    tokenizer = mf.FlorenceGenerationTokenizer.from_defaults()
+    text = dict(GENERATION_TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                decoder_start_token_id=tokenizer.eos_token_id, max_position_embeddings=32, use_cache=True)
+    config = mf.FlorenceGenerationConfig(
+        vision_tower="coswin", vision_config=tiny_vision_config(window_size=2).to_dict(), text_config=text,
+        image_token_id=tokenizer.image_token_id)
+    model = mf.FlorenceForConditionalGeneration(config).eval()
+    model.save_pretrained(folder)
+    mf.FlorenceGenerationProcessor.from_defaults(image_size=32, image_seq_length=model.num_image_tokens(32, 32)
+                                                 ).save_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +177,13 @@ def test_a_person_classifies_an_upload_in_chromium(app_url, image_path, expected
             page.fill("#detection-names textarea", ", ".join(DETECTION_CLASSES))
             page.click("#detect")
             page.wait_for_selector("#detections img", timeout=120_000)
+            assert "Error" not in page.inner_text("body")
+
+            page.get_by_role("tab", name="Florence-2 tasks").click()
+            page.set_input_files("#generation-image input[type=file]", str(image_path))
+            page.click("#run_task")  # the default task, <OD>
+            page.wait_for_selector("#generation-annotated img", timeout=120_000)
+            assert "<OD>" in page.inner_text("#generation-result")
             assert "Error" not in page.inner_text("body")
         finally:
             browser.close()
@@ -298,6 +324,52 @@ def test_task_tabs_refuse_bad_uploads_clearly(app_url, image_path, tmp_path):
         client.predict(handle_file(str(long_clip)), "only one", api_name="/recognise")
 
 
+def test_florence2_tasks_draw_and_parse_results(app_url, image_path, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(app_url, verbose=False)
+    width, height = Image.open(image_path).size
+    for task, text in (("<OD>", ""), ("<CAPTION_TO_PHRASE_GROUNDING>", "a red square")):
+        annotated, result = client.predict(handle_file(str(image_path)), task, text, api_name="/run_task")
+        assert Image.open(annotated).size == (width, height)
+        assert set(result) == {task} and set(result[task]) == {"bboxes", "labels"}
+        assert len(result[task]["bboxes"]) == len(result[task]["labels"])
+        assert all(0 <= x <= width and 0 <= y <= height for x0, y0, x1, y1 in result[task]["bboxes"]
+                   for x, y in ((x0, y0), (x1, y1)))
+    _, region = client.predict(handle_file(str(image_path)), "<REGION_TO_CATEGORY>", "20,10,60,50",
+                               api_name="/run_task")
+    assert isinstance(region["<REGION_TO_CATEGORY>"], str)
+    _, answer = client.predict(handle_file(str(image_path)), "question (VQA)", "what colour?", api_name="/run_task")
+    assert isinstance(answer["question (VQA)"], str)
+    with pytest.raises(Exception, match="<CAPTION_TO_PHRASE_GROUNDING> needs text input"):
+        client.predict(handle_file(str(image_path)), "<CAPTION_TO_PHRASE_GROUNDING>", " ", api_name="/run_task")
+    with pytest.raises(Exception, match="takes no text input"):
+        client.predict(handle_file(str(image_path)), "<OD>", "cats", api_name="/run_task")
+    with pytest.raises(Exception, match="Give the region as x0,y0,x1,y1 pixels inside the 80x60 image"):
+        client.predict(handle_file(str(image_path)), "<REGION_TO_CATEGORY>", "20,10,90", api_name="/run_task")
+    with pytest.raises(Exception, match="Type a question"):
+        client.predict(handle_file(str(image_path)), "question (VQA)", "", api_name="/run_task")
+    fake_png = tmp_path / "fake.png"
+    fake_png.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(512))
+    with pytest.raises(Exception, match="Could not read the upload as an image"):
+        client.predict(handle_file(str(fake_png)), "<OD>", "", api_name="/run_task")
+
+
+def test_florence2_results_are_drawn_as_boxes_and_polygons():
+    app = load_space_app()
+    image = Image.new("RGB", (80, 60), "white")
+    boxes = app.draw_result(image, {"bboxes": [[10.0, 10.0, 40.0, 30.0]], "labels": ["circle"]})
+    polygons = app.draw_result(image, {"polygons": [[[50.0, 5.0, 75.0, 5.0, 75.0, 40.0]]], "labels": ["star"]})
+    text = app.draw_result(image, "a red circle")
+    assert np.asarray(boxes)[10, 25].tolist() != [255, 255, 255]  # the rectangle's top edge
+    assert np.asarray(polygons)[5, 60].tolist() != [255, 255, 255]  # the polygon's top edge
+    assert np.asarray(boxes)[20, 60].tolist() == [255, 255, 255] and np.asarray(text).min() == 255
+    assert np.asarray(image).min() == 255  # the upload itself is not drawn on
+    shapes = app.result_shapes({"bboxes": [[1, 2, 3, 4]], "bboxes_labels": ["a"],
+                                "polygons": [[[0, 0, 5, 0, 5, 5]]], "polygons_labels": ["b"]})
+    assert shapes == [("box", [1, 2, 3, 4], "a"), ("polygon", [0, 0, 5, 0, 5, 5], "b")]
+
+
 def load_space_app():
     """The Space's `app.py`, imported by path (the Space is an app folder, not a package)."""
     import importlib.util
@@ -311,15 +383,15 @@ def load_space_app():
 
 def test_a_missing_model_folder_gives_a_note_not_a_crash(monkeypatch, tmp_path):
     app = load_space_app()
-    for demo in (app.DetectionDemo, app.VQADemo, app.VideoDemo):
+    for demo in (app.DetectionDemo, app.VQADemo, app.VideoDemo, app.GenerationDemo):
         monkeypatch.delenv(demo.env, raising=False)
         monkeypatch.chdir(tmp_path)  # no outputs/ here: the default folders are missing
         loaded = demo()
         assert not loaded.ready and f"make {demo.make_target}" in loaded.note and demo.env in loaded.note
     monkeypatch.setenv("FLORENCE_VQA_MODEL", str(tmp_path / "nowhere"))
     assert "nowhere" in app.VQADemo().note
-    blocks = app.build_app([app.DetectionDemo(), app.VQADemo(), app.VideoDemo()])
-    assert "make demo-detection" in str(blocks.config)
+    blocks = app.build_app([app.DetectionDemo(), app.VQADemo(), app.VideoDemo(), app.GenerationDemo()])
+    assert "make demo-detection" in str(blocks.config) and "make demo-generation" in str(blocks.config)
 
 
 def test_the_space_reads_uploads_with_the_package_loader(tmp_path):

@@ -1,5 +1,5 @@
-"""Florence demo Space: zero-shot classification, image-text retrieval, open-vocabulary detection, VQA and video action
-recognition with Florence models, on CPU.
+"""Florence demo Space: zero-shot classification, image-text retrieval, open-vocabulary detection, VQA, video action
+recognition and Florence-2 tasks (captions, detection, grounding, segmentation, regions) with Florence models, on CPU.
 
     make app                                                   # the `make demo*` models, http://127.0.0.1:7860
     FLORENCE_MODEL=path/or/repo-id python examples/space/app.py
@@ -11,6 +11,7 @@ outputs); a tab whose model is missing shows how to create it instead of failing
     FLORENCE_DETECTION_MODEL  outputs/florence-detection-tiny-shapes-open-vocabulary make demo-detection
     FLORENCE_VQA_MODEL        outputs/florence-vqa-tiny-shapes                       make demo-vqa
     FLORENCE_VIDEO_MODEL      outputs/florence-video-tiny-shapes                     make demo-video
+    FLORENCE_GENERATION_MODEL outputs/florence-generation-tiny-shapes                make demo-generation
 
 Uploads are bounded: images up to `FLORENCE_MAX_UPLOAD_MB` (10) MB and `FLORENCE_MAX_PIXELS` (40 MP); videos up to
 `FLORENCE_MAX_VIDEO_MB` (20) MB, `FLORENCE_MAX_VIDEO_FRAMES` (900: 30 s at 30 frames/s) frames and
@@ -27,9 +28,9 @@ import av
 import gradio as gr
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torchvision.ops import clip_boxes_to_image
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 import modeling_florence as mf  # registers the Florence model types
 from modeling_florence.evaluation_florence import zero_shot_classifier
@@ -45,6 +46,7 @@ MAX_VIDEO_PIXELS = int(os.environ.get("FLORENCE_MAX_VIDEO_PIXELS", str(1920 * 10
 CONCURRENCY = int(os.environ.get("FLORENCE_CONCURRENCY", "2"))
 MAX_LABELS = 50
 MAX_BOXES = 20
+MAX_NEW_TOKENS = 128  # Florence-2 generation: at most this many tokens (fewer when the decoder is shorter), 3 beams
 GALLERY_SIZE = 24
 EXAMPLE_DIR = Path(tempfile.mkdtemp(prefix="florence-space-"))
 
@@ -389,7 +391,130 @@ class VideoDemo(TaskDemo):
         )
 
 
-DEMOS = (FlorenceDemo, DetectionDemo, VQADemo, VideoDemo)
+# ----------------------------------------------------------------------------------------------------------------------
+# Florence-2 tasks (FlorenceForConditionalGeneration)
+# ----------------------------------------------------------------------------------------------------------------------
+QUESTION = "question (VQA)"  # the task choice that sends the bare text as the prompt
+COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+
+
+def result_shapes(result) -> list[tuple[str, list[float], str]]:
+    """("box" or "polygon", flat pixel coordinates, label) of every box, OCR quad and polygon in a parsed result
+    (`{"bboxes", "labels"}`, `{"quad_boxes", "labels"}`, `{"polygons", "labels"}`, or open-vocabulary detection's
+    `{"bboxes", "bboxes_labels", "polygons", "polygons_labels"}`); none for a text result."""
+    if not isinstance(result, dict):
+        return []
+    shapes = []
+    for key, labels_key in (("bboxes", "bboxes_labels"), ("quad_boxes", "labels"), ("polygons", "polygons_labels")):
+        labels = result.get(labels_key, result.get("labels", []))
+        for index, item in enumerate(result.get(key, [])):
+            label = labels[index] if index < len(labels) else ""
+            parts = item if key == "polygons" else [item]  # an instance's polygons; one box or quad
+            shapes.extend(("box" if key == "bboxes" else "polygon", list(part), label) for part in parts)
+    return shapes
+
+
+def draw_result(image: Image.Image, result) -> Image.Image:
+    """A copy of the image with the result's boxes (rectangles) and polygons (outlines) drawn, each with its label."""
+    annotated = image.copy()
+    draw = ImageDraw.Draw(annotated)
+    for index, (kind, points, label) in enumerate(result_shapes(result)):
+        colour = COLOURS[index % len(COLOURS)]
+        if kind == "box" and len(points) == 4:
+            x0, y0, x1, y1 = points
+            draw.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), outline=colour, width=2)
+        elif len(points) >= 6:
+            draw.polygon(list(zip(points[0::2], points[1::2])), outline=colour, width=2)
+        else:
+            continue
+        if label:
+            draw.text((min(points[0::2]) + 2, min(points[1::2]) + 1), str(label), fill=colour)
+    return annotated
+
+
+def parse_region(text: str | None, size: tuple[int, int]) -> list[float]:
+    """A region typed as "x0,y0,x1,y1" pixels inside an image of `size` (width, height), or a clear `gr.Error`."""
+    width, height = size
+    try:
+        box = [float(value) for value in (text or "").split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4 or not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
+        raise gr.Error(f"Give the region as x0,y0,x1,y1 pixels inside the {width}x{height} image, "
+                       f"e.g. '0,0,{width // 2},{height // 2}'.")
+    return box
+
+
+class GenerationDemo(TaskDemo):
+    """Florence-2 tasks: a task token (or a free question), optional text, generated text parsed into boxes,
+    polygons or text, drawn on the image."""
+
+    env, default = "FLORENCE_GENERATION_MODEL", "outputs/florence-generation-tiny-shapes"
+    make_target, title = "demo-generation", "Florence-2 tasks"
+
+    def load(self, source: str) -> None:
+        self.model = AutoModelForImageTextToText.from_pretrained(source).eval()
+        self.processor = AutoProcessor.from_pretrained(source)
+        self.max_new_tokens = min(MAX_NEW_TOKENS, self.model.max_decoder_length())
+        scenes = mf.build_detection(num_train=0, num_validation=0, num_test=3, image_size=128)["test"]
+        x, y, w, h = scenes[2]["objects"]["bbox"][0]
+        self.examples = [
+            [save_example(scenes[0]["image"], "generation-0.png"), "<OD>", ""],
+            [save_example(scenes[1]["image"], "generation-1.png"), "<CAPTION_TO_PHRASE_GROUNDING>",
+             f"a {scenes[1]['objects']['colour'][0]} {mf.shapes.SHAPES[scenes[1]['objects']['category'][0]]}"],
+            [save_example(scenes[2]["image"], "generation-2.png"), "<REGION_TO_CATEGORY>",
+             f"{x:.0f},{y:.0f},{x + w:.0f},{y + h:.0f}"],
+        ]
+
+    def prompt(self, task: str, text: str | None, size: tuple[int, int]) -> str:
+        """The prompt of a task and its text: the bare question, a region's location tokens, or task + text."""
+        text = (text or "").strip()
+        if task == QUESTION:
+            if not text:
+                raise gr.Error("Type a question, e.g. 'what colour is the circle?'.")
+            return text
+        if task.startswith("<REGION_TO_"):
+            return self.processor.region_prompt(task, parse_region(text, size), size)
+        return task + text
+
+    def run_task(self, image_path: str | None, task: str, text: str | None):
+        """The image with the result's boxes and polygons drawn, and the parsed result (`{task: result}`)."""
+        image = load_image(image_path)
+        try:
+            inputs = self.processor(images=image, text=self.prompt(task, text, image.size))
+        except gr.Error:
+            raise
+        except ValueError as error:  # the processor's: unknown task, missing or refused text
+            raise gr.Error(str(error)) from None
+        length, limit = inputs["input_ids"].shape[1], self.model.max_decoder_length()
+        if length > limit:  # the text encoder's position table
+            raise gr.Error(f"The prompt is {length} tokens with the image's, over this model's {limit}: "
+                           "shorten the text.")
+        with torch.no_grad():
+            ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_beams=3)[0]
+        if task == QUESTION:
+            return image, {QUESTION: self.processor.batch_decode([ids], skip_special_tokens=True)[0].strip()}
+        result = self.processor.post_process_generation(sequence=ids, task=task, image_size=image.size)
+        return draw_result(image, result[task]), result
+
+    def controls(self) -> None:
+        with gr.Row():
+            image = image_upload("generation-image")
+            with gr.Column():
+                task = gr.Dropdown(self.processor.tasks + [QUESTION], value="<OD>", label="Task",
+                                   elem_id="generation-task")
+                text = gr.Textbox(label="Text (a caption or expression, a question, or a region as x0,y0,x1,y1 "
+                                  "pixels; empty for tasks without text)", elem_id="generation-text")
+                button = gr.Button("Run", variant="primary", elem_id="run_task")
+        with gr.Row():
+            annotated = gr.Image(label="Result", type="pil", interactive=False, elem_id="generation-annotated")
+            parsed = gr.JSON(label="Parsed result (pixels)", elem_id="generation-result")
+        button.click(self.run_task, [image, task, text], [annotated, parsed], api_name="run_task",
+                     concurrency_limit=CONCURRENCY)
+        gr.Examples(self.examples, [image, task, text])
+
+
+DEMOS = (FlorenceDemo, DetectionDemo, VQADemo, VideoDemo, GenerationDemo)
 
 
 def build_app(demos: list[TaskDemo]) -> gr.Blocks:
