@@ -291,7 +291,8 @@ def load_coco_generation(annotations: str | Path, images_dir: str | Path, strict
     """A COCO detection json -> Florence-2 `<OD>` rows: the target is every object's category name and its box as
     `<loc_..>` tokens, objects left to right (as Florence Shapes writes them)."""
     detection = load_coco_detection(annotations, images_dir, strict=strict)
-    names = detection.features["objects"].feature["category"].names
+    category = detection.features["objects"]["category"]
+    names = getattr(category, "feature", category).names  # a ClassLabel, inside a list feature on some releases
     rows = []
     for row in detection.cast_column("image", Image(decode=False)):
         size = (row["width"], row["height"])

@@ -12,6 +12,8 @@ from PIL import Image
 
 from modeling_florence import video_processing_florence
 from modeling_florence.data_florence import (
+    load_coco_generation,
+    load_generation_jsonl,
     load_video_folder,
     load_coco_detection,
     load_image_folder,
@@ -181,6 +183,36 @@ def test_coco_detection(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(coco))
     with pytest.raises(ValueError, match="categories"):
         load_coco_detection(tmp_path / "bad.json", tmp_path / "images")
+
+
+def test_florence2_rows_from_a_coco_json_and_a_jsonl(tmp_path):
+    """COCO detection -> `<OD>` rows (category + `<loc_..>` box, left to right; the corrupt image skipped and
+    counted); jsonl (image, prompt, answer) -> rows whose task is the prompt's task token, `<VQA>` for a question."""
+    write_image(tmp_path / "images" / "1.jpg", size=(100, 50))
+    write_corrupt(tmp_path / "images" / "2.jpg")
+    coco = {
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 50},
+                   {"id": 2, "file_name": "2.jpg", "width": 100, "height": 50}],
+        "annotations": [{"id": 10, "image_id": 1, "bbox": [60, 10, 20, 30], "category_id": 7},
+                        {"id": 11, "image_id": 1, "bbox": [5, 0, 10, 10], "category_id": 3}],
+        "categories": [{"id": 3, "name": "square"}, {"id": 7, "name": "circle"}],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    with pytest.warns(UserWarning, match="skipped 1"):
+        (row,) = load_coco_generation(tmp_path / "instances.json", tmp_path / "images")
+    assert (row["task"], row["prompt"], row["width"], row["height"]) == ("<OD>", "<OD>", 100, 50)
+    assert row["target"] == "square<loc_50><loc_0><loc_150><loc_200>circle<loc_600><loc_200><loc_800><loc_800>"
+    lines = [{"image": "1.jpg", "prompt": "<CAPTION_TO_PHRASE_GROUNDING>a red box", "answer": "a red box<loc_1>"},
+             {"image": "1.jpg", "prompt": "what colour is it?", "answer": "red", "answers": ["red", "dark red"]},
+             {"image": "2.jpg", "prompt": "<CAPTION>", "answer": "a box"}]
+    (tmp_path / "images" / "rows.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    with pytest.warns(UserWarning, match="skipped 1 of 3 rows .*unreadable image"):
+        rows = load_generation_jsonl(tmp_path / "images" / "rows.jsonl")
+    assert rows["task"] == ["<CAPTION_TO_PHRASE_GROUNDING>", "<VQA>"] and rows["answers"][1] == ["red", "dark red"]
+    assert rows["target"] == ["a red box<loc_1>", "red"] and rows["width"] == [100, 100]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "1.jpg", "question": "?"}))
+    with pytest.raises(ValueError, match="no column.*'prompt', 'answer'"):
+        load_generation_jsonl(tmp_path / "bad.jsonl", tmp_path / "images")
 
 
 def test_vqav2(tmp_path):

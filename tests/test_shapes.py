@@ -168,3 +168,38 @@ def test_the_package_still_exposes_the_builders_lazily():
     import modeling_florence as mf
 
     assert mf.build_detection is shapes.build_detection and "build_vqa" in dir(mf)
+
+
+def test_florence2_rows_cover_every_task_and_their_targets_parse_to_the_drawn_objects():
+    """Every task in turn; one object per colour and shape in a scene; `<OD>` targets parse (Transformers' parser)
+    to the tight boxes within a bin, listed left to right; a shape's polygon covers its drawn mask."""
+    from modeling_florence.processing_florence_generation import FlorenceGenerationProcessor
+
+    data = shapes.build_florence2(num_train=28, num_validation=0, num_test=7, image_size=96, seed=1)
+    assert data["train"]["task"] == list(shapes.FLORENCE2_TASKS) * 4
+    assert data["test"]["image_id"][0] == shapes.SPLITS.index("test") * 10**7
+    processor = FlorenceGenerationProcessor.from_defaults(image_size=96, image_seq_length=4)
+    for row in data["train"]:
+        task, target = row["task"], row["target"]
+        if task == "<OD>":
+            boxes = processor.post_process_generation(text=target, task=task, image_size=(96, 96))[task]["bboxes"]
+            assert 1 <= len(boxes) <= 3 and [b[0] for b in boxes] == sorted(b[0] for b in boxes)
+            assert all(0 <= v <= 96 and b[2] - b[0] > 8 for b in boxes for v in b)
+        elif task in ("<CAPTION>", "<VQA>"):
+            assert row["answers"] == [target]
+        elif task == "<REGION_TO_CATEGORY>":
+            assert target in shapes.SHAPES and row["prompt"].count("<loc_") == 4
+        if task != "<VQA>":
+            assert row["prompt"].startswith(task)
+    for shape in shapes.SHAPES:  # the polygon of every shape covers its mask
+        obj = shapes.ShapeObject(shape, "red", cx=48, cy=48, radius=30, angle=0.2)
+        from PIL import Image, ImageDraw
+
+        canvas = Image.new("1", (96, 96))
+        ImageDraw.Draw(canvas).polygon(shapes.outline(obj), fill=1)
+        polygon, mask = np.asarray(canvas), shapes.shape_mask(obj, 96)
+        if shape == "ring":  # a ring's polygon is its outer boundary
+            mask = mask | (np.hypot(*(shapes.pixel_centres(96) - 48)) <= 30)
+        assert (polygon & mask).sum() / (polygon | mask).sum() > 0.85, shape
+    with pytest.raises(ValueError, match="unknown: \\['<OCR>'\\]"):
+        shapes.build_florence2(num_train=1, num_test=0, tasks=("<OD>", "<OCR>"))
