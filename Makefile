@@ -28,6 +28,7 @@ bench: install
 	$(PY) bench/bench_video.py
 	$(PY) bench/bench_detection.py
 	$(PY) bench/bench_vqa.py
+	$(PY) bench/bench_generation.py
 
 # The main job: generate Florence Shapes, pretrain florence-tiny with UniCL, evaluate held-out zero-shot accuracy
 # and retrieval, save the model and its processor to outputs/florence-tiny-shapes.
