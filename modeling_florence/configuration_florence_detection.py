@@ -1,8 +1,11 @@
 # Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
-"""Configuration of [`FlorenceForObjectDetection`]: CoSwin -> FPN (+P6/P7) -> Dynamic Head -> ATSS.
+"""Configuration of [`FlorenceForObjectDetection`]: CoSwin or DaViT -> FPN (+P6/P7) -> Dynamic Head -> ATSS.
 
 The image tower sits under `vision_config` (as in the two-tower `FlorenceConfig`), so `FlorenceVisionModel` and
-`FlorenceVisionBackbone` load their weights from a detector folder too. With a `text_config` (and `projection_dim`)
+`FlorenceVisionBackbone` load their weights from a detector folder too. Its `model_type` picks the tower: a CoSwin
+(`florence_coswin`, `FlorenceVisionConfig`) or the DaViT of Florence-2 (`florence_davit` = `FlorenceDaViTConfig`,
+or Transformers' `florence_vision` = `Florence2VisionConfig`, turned into the former with `out_features`).
+With a `text_config` (and `projection_dim`)
 the detector is open-vocabulary: class logits are similarities between region features and class-name embeddings of
 the text tower. Presets: ``florence-detection-tiny`` and ``florence-detection-base`` (see `load_preset`).
 """
@@ -11,6 +14,7 @@ from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_florence import CONFIG_CLASSES, FlorenceTextConfig, FlorenceVisionConfig, check_config_kwargs
+from .configuration_florence_generation import davit_backbone_config, is_davit_config
 
 # How the high branch of a DyHead block (deformable conv on the coarser level L+1) uses the offsets and mask computed
 # at level L, whose map is about 4x larger than that branch's output. The official detectron2 code feeds the larger
@@ -25,8 +29,11 @@ class FlorenceDetectionConfig(PreTrainedConfig):
     Configuration of [`FlorenceForObjectDetection`] (Florence's "space" adapter: Dynamic Head on an ATSS detector).
 
     Args:
-        vision_config: the CoSwin image tower ([`FlorenceVisionConfig`] or its dict).
-        out_features: backbone stages fed to the FPN (strides 8, 16, 32 for ``stage2``-``stage4`` with patch 4).
+        vision_config: the image tower: CoSwin ([`FlorenceVisionConfig`] or its dict) or DaViT
+            ([`FlorenceDaViTConfig`], Transformers' `Florence2VisionConfig`, or their dicts with `model_type`); see
+            `vision_tower`. A DaViT config is rebuilt to return `out_features`.
+        out_features: backbone stages fed to the FPN (strides 8, 16, 32 for ``stage2``-``stage4`` with patch 4, and
+            for Florence-2's DaViT).
         fpn_channels: channels of the FPN and of every DyHead block (256 in the paper).
         num_dyhead_blocks: number of stacked DyHead blocks (6 in the paper; 0 gives plain FPN + ATSS).
         dyhead_norm_groups: GroupNorm groups after each deformable convolution (16).
@@ -59,7 +66,7 @@ class FlorenceDetectionConfig(PreTrainedConfig):
         "text_config": SubConfigSpec(FlorenceTextConfig, optional=True),
     }
 
-    vision_config: dict | FlorenceVisionConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
     out_features: list[str] | tuple[str, ...] = ("stage2", "stage3", "stage4")
     fpn_channels: int = 256
     num_dyhead_blocks: int = 6
@@ -88,15 +95,22 @@ class FlorenceDetectionConfig(PreTrainedConfig):
     initializer_range: float = 0.01
 
     def __post_init__(self, **kwargs):
-        if self.vision_config is None or isinstance(self.vision_config, dict):
+        self.out_features = list(self.out_features)
+        if is_davit_config(self.vision_config):  # the DaViT tower returns the maps of `out_features`
+            self.vision_config = davit_backbone_config(self.vision_config, self.out_features)
+        elif self.vision_config is None or isinstance(self.vision_config, dict):
             self.vision_config = FlorenceVisionConfig(**(self.vision_config or {}))
         if isinstance(self.text_config, dict):  # None stays None: a closed-set detector has no text tower
             self.text_config = FlorenceTextConfig(**self.text_config)
-        self.out_features = list(self.out_features)
         self.box_coder_weights = [float(w) for w in self.box_coder_weights]
         self.check_fields()
         check_config_kwargs(self, kwargs)
         super().__post_init__(**kwargs)
+
+    @property
+    def vision_tower(self) -> str:
+        """`"davit"` (the DaViT of Florence-2, as `FlorenceDaViTBackbone`) or `"coswin"`, from `vision_config`."""
+        return "davit" if is_davit_config(self.vision_config) else "coswin"
 
     @property
     def is_open_vocabulary(self) -> bool:
@@ -109,8 +123,11 @@ class FlorenceDetectionConfig(PreTrainedConfig):
 
     @property
     def strides(self) -> list[int]:
-        """Stride of every pyramid level (8, 16, 32, 64, 128 for stages 2-4 with patch 4)."""
-        first = self.vision_config.patch_size * 2 ** (STAGE_NAMES.index(self.out_features[0]))
+        """Stride of every pyramid level (8, 16, 32, 64, 128 for stages 2-4 with patch 4, or of Florence-2's DaViT)."""
+        if self.vision_tower == "davit":
+            first = self.vision_config.stage_strides[STAGE_NAMES.index(self.out_features[0])]
+        else:
+            first = self.vision_config.patch_size * 2 ** (STAGE_NAMES.index(self.out_features[0]))
         return [first * 2**level for level in range(self.num_levels)]
 
     def check_fields(self):
@@ -122,6 +139,9 @@ class FlorenceDetectionConfig(PreTrainedConfig):
         if indices != list(range(indices[0], indices[0] + len(indices))):
             raise ValueError(f"out_features must be consecutive stages in order (e.g. stage2..stage4), got "
                              f"{self.out_features}")
+        if self.vision_tower == "davit" and any(self.vision_config.patch_stride[i] != 2 for i in indices[1:]):
+            raise ValueError(f"The FPN needs each stage of out_features to halve the previous one; the DaViT's "
+                             f"patch_stride is {list(self.vision_config.patch_stride)}")
         for name in ("fpn_channels", "atss_topk", "max_detections", "pre_nms_top_k", "size_divisibility",
                      "dyhead_norm_groups"):
             value = getattr(self, name)

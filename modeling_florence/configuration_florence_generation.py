@@ -132,7 +132,8 @@ class FlorenceDaViTConfig(BackboneConfigMixin, Florence2VisionConfig):
     r"""
     Transformers' `Florence2VisionConfig` (the DaViT of Florence-2) as a backbone config: `stage_names` are `stem`
     (the first convolutional embedding) and `stage1`..`stageN`; `out_features` / `out_indices` pick the maps a
-    [`FlorenceDaViTBackbone`] returns (default: the last stage).
+    [`FlorenceDaViTBackbone`] returns (default: the last stage). It is also the `vision_config` of the detector and
+    the VQA adapter on a DaViT tower (`model_type` `florence_davit` there).
     """
 
     model_type = "florence_davit"
@@ -145,6 +146,40 @@ class FlorenceDaViTConfig(BackboneConfigMixin, Florence2VisionConfig):
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
         super().__post_init__(**kwargs)
+
+    @property
+    def stage_dims(self) -> list[int]:
+        """Channels of `stage1`..`stageN` (as `FlorenceVisionConfig.stage_dims`)."""
+        return list(self.embed_dim)
+
+    @property
+    def stage_strides(self) -> list[int]:
+        """Stride in pixels of `stage1`..`stageN` (the running product of `patch_stride`)."""
+        strides, stride = [], 1
+        for step in self.patch_stride:
+            stride *= step
+            strides.append(stride)
+        return strides
+
+
+# `model_type`s of a DaViT tower's config: Transformers' `Florence2VisionConfig` and ours.
+DAVIT_MODEL_TYPES = (Florence2VisionConfig.model_type, FlorenceDaViTConfig.model_type)
+
+
+def is_davit_config(vision_config) -> bool:
+    """Whether a vision config (or its dict) describes a DaViT tower (`florence_vision` or `florence_davit`)."""
+    model_type = (vision_config.get("model_type") if isinstance(vision_config, dict)
+                  else getattr(vision_config, "model_type", None))
+    return model_type in DAVIT_MODEL_TYPES
+
+
+def davit_backbone_config(vision_config, out_features: list[str] | None = None) -> FlorenceDaViTConfig:
+    """A DaViT config (`Florence2VisionConfig`, `FlorenceDaViTConfig` or their dicts) as a `FlorenceDaViTConfig`
+    returning `out_features` (None: the last stage). Rebuilt from the dict, so configs of remote code load too."""
+    vision = dict(vision_config if isinstance(vision_config, dict) else vision_config.to_dict())
+    for key in ("model_type", "out_features", "out_indices", "stage_names"):
+        vision.pop(key, None)
+    return FlorenceDaViTConfig(**vision, out_features=None if out_features is None else list(out_features))
 
 
 __all__ = ["FlorenceDaViTConfig", "FlorenceGenerationConfig"]

@@ -1,14 +1,17 @@
 # Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
 """Configuration of Florence's METER adapter: co-attention fusion of the two towers, VQA and fusion-pretraining heads.
 
-`FlorenceVQAConfig` composes a CoSwin `vision_config` and a `text_config`: either the Florence text tower
+`FlorenceVQAConfig` composes a `vision_config` and a `text_config`: either the Florence text tower
 (`florence_text`, then built bidirectional) or any Transformers text encoder config (`roberta`, `bert`, ...), as the
-paper's METER used RoBERTa-base. The answer vocabulary is `id2label` (`num_labels` answers).
+paper's METER used RoBERTa-base. The answer vocabulary is `id2label` (`num_labels` answers). The image tower follows
+the vision config's `model_type`: CoSwin (`florence_coswin`) or the DaViT of Florence-2 (`florence_davit` =
+`FlorenceDaViTConfig`, or Transformers' `florence_vision`), whose backbone returns the `vision_feature_stages` maps.
 """
 
 from transformers import AutoConfig, PreTrainedConfig
 
 from .configuration_florence import FlorenceTextConfig, FlorenceVisionConfig, check_config_kwargs, check_feature_stages
+from .configuration_florence_generation import davit_backbone_config, is_davit_config
 
 
 class FlorenceVQAConfig(PreTrainedConfig):
@@ -16,7 +19,8 @@ class FlorenceVQAConfig(PreTrainedConfig):
     Configuration of [`FlorenceFusionModel`], [`FlorenceForVQA`] and [`FlorenceForVisionLanguagePretraining`].
 
     Args:
-        vision_config: the CoSwin image tower (`FlorenceVisionConfig` or its dict).
+        vision_config: the image tower: CoSwin (`FlorenceVisionConfig` or its dict) or DaViT (`FlorenceDaViTConfig`,
+            Transformers' `Florence2VisionConfig`, or their dicts with `model_type`); see `vision_tower`.
         text_config: the text encoder: a `FlorenceTextConfig` (dict without `model_type`, or `model_type:
             "florence_text"`) whose attention is set bidirectional here, or any Transformers encoder config dict with
             its `model_type` (e.g. `"roberta"`).
@@ -33,9 +37,10 @@ class FlorenceVQAConfig(PreTrainedConfig):
             one the texts do not use); None disables `mask_tokens` until one is given.
         itm_hard_negatives: sample ITM negatives in proportion to the in-batch similarities (ALBEF/METER style)
             rather than uniformly.
-        vision_feature_stages: the CoSwin stages (1-based, ascending, ending with the last) whose tokens enter the
-            fusion. None (METER): the last stage only, i.e. the tower's `last_hidden_state` (resolved to `[last]` when
-            the config is built). `image_feature_stages` is a deprecated alias of this field. Earlier stages add finer
+        vision_feature_stages: the tower's stages (1-based, ascending, ending with the last) whose tokens enter the
+            fusion. None (METER): the last stage only, i.e. the CoSwin's `last_hidden_state` or the DaViT's last map
+            (resolved to `[last]` when the config is built; a DaViT config's `out_features` follow).
+            `image_feature_stages` is a deprecated alias of this field. Earlier stages add finer
             tokens (e.g. `[3, 4]`: 4x4 + 2x2 tokens of a 64 px image instead of 2x2), each through its own LayerNorm +
             Linear to the fusion width; small images and questions about where things are need them.
         image_position_embeddings: add fixed 2D sine-cosine embeddings of each image token's centre (coordinates on
@@ -65,7 +70,9 @@ class FlorenceVQAConfig(PreTrainedConfig):
     image_position_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
-        if self.vision_config is None or isinstance(self.vision_config, dict):
+        if is_davit_config(self.vision_config):  # its out_features are set from vision_feature_stages in check_fields
+            self.vision_config = davit_backbone_config(self.vision_config)
+        elif self.vision_config is None or isinstance(self.vision_config, dict):
             self.vision_config = FlorenceVisionConfig(**(self.vision_config or {}))
         if self.text_config is None or isinstance(self.text_config, dict):
             text = dict(self.text_config or {})
@@ -111,8 +118,15 @@ class FlorenceVQAConfig(PreTrainedConfig):
                                                               len(self.vision_config.depths))
         else:
             self.vision_feature_stages = [len(self.vision_config.depths)]
+        if self.vision_tower == "davit":  # the backbone returns exactly the maps of these stages
+            self.vision_config.out_features = [f"stage{stage}" for stage in self.vision_feature_stages]
         if self.image_position_embeddings and self.hidden_size % 4:
             raise ValueError(f"image_position_embeddings needs a hidden_size divisible by 4, got {self.hidden_size}")
+
+    @property
+    def vision_tower(self) -> str:
+        """`"davit"` (the DaViT of Florence-2, as `FlorenceDaViTBackbone`) or `"coswin"`, from `vision_config`."""
+        return "davit" if is_davit_config(self.vision_config) else "coswin"
 
     @property
     def answers(self) -> list[str]:

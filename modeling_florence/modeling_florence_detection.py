@@ -1,8 +1,13 @@
 # Copyright 2026 The Florence for Transformers authors. Licensed under the Apache License, Version 2.0.
-"""FlorenceForObjectDetection: Florence's "space" adapter, CoSwin -> FPN (+P6/P7) -> Dynamic Head -> ATSS.
+"""FlorenceForObjectDetection: Florence's "space" adapter, CoSwin or DaViT -> FPN (+P6/P7) -> Dynamic Head -> ATSS.
 
-- **Backbone**: the CoSwin encoder (`vision_model`) with one LayerNorm per used stage (`hidden_states_norms`), the
-  layout of `FlorenceVisionBackbone`, so CoSwin, two-tower, backbone and detector folders exchange weights.
+- **Backbone**, chosen at construction by `vision_config`'s `model_type`, with one LayerNorm per used stage
+  (`hidden_states_norms`) either way:
+  - CoSwin (`vision_model` = `FlorenceVisionModel`), the layout of `FlorenceVisionBackbone`, so CoSwin, two-tower,
+    backbone and detector folders exchange weights;
+  - the DaViT of Florence-2 (`vision_model` = `FlorenceDaViTBackbone`, Transformers' `Florence2VisionBackbone` at
+    `vision_model.vision_tower`), whose per-stage maps are exactly that tower's hidden states. `from_florence` takes
+    it from a Florence-2 folder (ours or Transformers' `florence2`, e.g. `florence-community/Florence-2-base`).
 - **FPN** on stages 2-4 with P6/P7 from P5 (detectron2's `LastLevelP6P7`).
 - **Dynamic Head** blocks (Dai et al., 2021), per level L: spatial-aware = modulated deformable 3x3 convolutions
   (DCNv2: torchvision's `deform_conv2d` with `mask` on CUDA, grid_sample + one GEMM on CPU) on levels L-1
@@ -37,6 +42,7 @@ from .configuration_florence_detection import STAGE_NAMES, FlorenceDetectionConf
 from .deform_conv_florence import modulated_deform_conv2d
 from .modeling_coswin import FlorencePreTrainedBase, FlorenceVisionModel, resolve_output_flags
 from .modeling_florence import FlorenceTextModel, is_tracing
+from .modeling_florence_generation import DAVIT_LAYER_NORM_EPS, FlorenceDaViTBackbone, load_davit
 
 # Largest exp() argument when decoding box sizes, as detectron2/maskrcnn-benchmark (boxes up to 1000/16 anchors).
 BOX_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -402,7 +408,7 @@ class FlorenceDetectionPreTrainedModel(FlorencePreTrainedBase):
     base_model_prefix = "florence_detection"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
-    _no_split_modules = ["FlorenceVisionLayer", "FlorenceTextLayer", "FlorenceDyHeadBlock"]
+    _no_split_modules = ["FlorenceVisionLayer", "Florence2VisionBlock", "FlorenceTextLayer", "FlorenceDyHeadBlock"]
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
@@ -451,7 +457,8 @@ class FlorenceDetectionPreTrainedModel(FlorencePreTrainedBase):
 
 
 class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
-    """CoSwin + FPN + Dynamic Head + ATSS detector, closed-set or open-vocabulary (see the module docstring).
+    """CoSwin (or DaViT) + FPN + Dynamic Head + ATSS detector, closed-set or open-vocabulary (see the module
+    docstring).
 
     Open vocabulary: pass the class names tokenised as `input_ids` (`(K, L)`, or `(K, T, L)` for T prompt templates
     per class, averaged) or precomputed `class_embeds`; without either, the class embeddings stored with the model
@@ -463,10 +470,16 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
                              "set num_labels (or id2label), or give text_config for an open-vocabulary detector")
         super().__init__(config)
         vision_config = config.vision_config
-        self.vision_model = FlorenceVisionModel._from_config(vision_config)
+        if config.vision_tower == "davit":
+            # The backbone returns the maps of `out_features` only (its config was built with them).
+            self.vision_model = FlorenceDaViTBackbone._from_config(vision_config)
+            self._map_stages, eps = tuple(config.out_features), DAVIT_LAYER_NORM_EPS
+        else:
+            self.vision_model = FlorenceVisionModel._from_config(vision_config)
+            self._map_stages, eps = STAGE_NAMES, vision_config.layer_norm_eps
         stage_channels = dict(zip(STAGE_NAMES, vision_config.stage_dims))
         self.hidden_states_norms = nn.ModuleDict(
-            {stage: nn.LayerNorm(stage_channels[stage], eps=vision_config.layer_norm_eps) for stage in config.out_features}
+            {stage: nn.LayerNorm(stage_channels[stage], eps=eps) for stage in config.out_features}
         )
         self.fpn = FlorenceDetectionFPN([stage_channels[stage] for stage in config.out_features], config.fpn_channels,
                                        config.relu_before_p7)
@@ -489,27 +502,50 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
     # Construction from a pretrained Florence model
     # ------------------------------------------------------------------------------------------------------------------
     @classmethod
-    def from_florence(cls, florence_model_or_folder, open_vocabulary: bool = True, **config_overrides):
-        """A detector on the towers of a pretrained `FlorenceModel` (an instance or a saved folder).
+    def from_florence(cls, florence_model_or_folder, open_vocabulary: bool | None = None, text_source=None,
+                      **config_overrides):
+        """A detector on the image tower of a pretrained Florence (an instance, a saved folder or a Hub name):
 
-        The image tower is copied; with `open_vocabulary` (default) the text tower and text projection too, and the
-        text tower is frozen unless `freeze_text_model=False`. `config_overrides` set detector fields (`fpn_channels`,
-        `num_dyhead_blocks`, `id2label`, ...). The FPN, DyHead and head start from their own initialisation."""
+        - a two-tower `FlorenceModel`: its CoSwin is copied; it is also the text source;
+        - a Florence-2 model or folder (ours with the DaViT tower, Transformers' `florence2` such as
+          `florence-community/Florence-2-base`, or a `FlorenceDaViTBackbone`): its DaViT is copied exactly. Florence-2
+          has no contrastive text tower (its BART is a decoder's encoder), so the detector is closed-set
+          (`num_labels` / `id2label`) unless `text_source` is given.
+
+        `text_source`: a two-tower `FlorenceModel` (or folder) whose text tower and text projection the detector
+        takes (overriding a two-tower source's own). `open_vocabulary`: None (default) = open-vocabulary when a text
+        source is at hand; True copies its text tower and projection (frozen unless `freeze_text_model=False`), False
+        gives a closed-set detector. `config_overrides` set detector fields (`out_features`, `fpn_channels`,
+        `num_dyhead_blocks`, `id2label`, ...; `text_config` + `projection_dim` with no text source give an
+        open-vocabulary detector whose text tower starts from its init). The FPN, DyHead and head start from their own
+        initialisation."""
         from .modeling_florence import FlorenceModel
 
-        florence = florence_model_or_folder
-        if isinstance(florence, (str, Path)):
-            florence = FlorenceModel.from_pretrained(florence)
-        source = florence.config
-        if open_vocabulary:
-            config_overrides.setdefault("text_config", source.text_config.to_dict())
-            config_overrides.setdefault("projection_dim", source.projection_dim)
-        config = FlorenceDetectionConfig(vision_config=source.vision_config.to_dict(), **config_overrides)
+        def two_tower(source):
+            return FlorenceModel.from_pretrained(source) if isinstance(source, (str, Path)) else source
+
+        davit = load_davit(florence_model_or_folder)
+        florence = None if davit is not None else two_tower(florence_model_or_folder)
+        text = two_tower(text_source) if text_source is not None else florence
+        if text is not None and not all(hasattr(text, name) for name in ("text_model", "text_projection")):
+            raise ValueError(f"The text source must be a two-tower FlorenceModel (or its folder), got "
+                             f"{type(text).__name__}")
+        if open_vocabulary is None:
+            open_vocabulary = text is not None or "text_config" in config_overrides
+        if open_vocabulary and text is None and "text_config" not in config_overrides:
+            raise ValueError("A Florence-2 folder holds no text tower for open-vocabulary detection: pass "
+                             "text_source= a two-tower Florence (model or folder), or open_vocabulary=False with "
+                             "num_labels/id2label")
+        if open_vocabulary and text is not None:
+            config_overrides.setdefault("text_config", text.config.text_config.to_dict())
+            config_overrides.setdefault("projection_dim", text.config.projection_dim)
+        vision_config = davit.config if davit is not None else florence.config.vision_config
+        config = FlorenceDetectionConfig(vision_config=vision_config.to_dict(), **config_overrides)
         detector = cls(config)
-        detector.vision_model.load_state_dict(florence.vision_model.state_dict())
-        if open_vocabulary:
-            detector.text_model.load_state_dict(florence.text_model.state_dict())
-            detector.text_projection.load_state_dict(florence.text_projection.state_dict())
+        detector.vision_model.load_state_dict((davit if davit is not None else florence.vision_model).state_dict())
+        if open_vocabulary and text is not None:
+            detector.text_model.load_state_dict(text.text_model.state_dict())
+            detector.text_projection.load_state_dict(text.text_projection.state_dict())
         return detector
 
     def freeze_text_model(self) -> None:
@@ -565,7 +601,7 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
         """Normalised `(B, C, H, W)` maps of `out_features` and the tower's output."""
         outputs = self.vision_model(pixel_values, output_hidden_states=output_hidden_states,
                                     output_attentions=output_attentions, return_dict=True)
-        maps = dict(zip(STAGE_NAMES, outputs.feature_maps))
+        maps = dict(zip(self._map_stages, outputs.feature_maps))
         features = [
             self.hidden_states_norms[stage](maps[stage].permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
             for stage in self.config.out_features

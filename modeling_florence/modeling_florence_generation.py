@@ -34,7 +34,7 @@ from transformers.models.florence2.modeling_florence2 import (
     Florence2VisionPreTrainedModel,
 )
 
-from .configuration_florence_generation import FlorenceDaViTConfig, FlorenceGenerationConfig
+from .configuration_florence_generation import FlorenceDaViTConfig, FlorenceGenerationConfig, davit_backbone_config
 from .modeling_coswin import FlorenceVisionModel
 
 
@@ -239,6 +239,12 @@ class FlorenceForConditionalGeneration(FlorenceGenerationPreTrainedModel, Floren
 # ----------------------------------------------------------------------------------------------------------------------
 # DaViT as a backbone for the other Florence adapters
 # ----------------------------------------------------------------------------------------------------------------------
+# Epsilon of the LayerNorms the adapters put on DaViT maps (the official DaViT detection code's `norm{i}`: PyTorch's).
+DAVIT_LAYER_NORM_EPS = 1e-5
+# Config types of a folder whose DaViT `FlorenceDaViTBackbone.from_pretrained` reads.
+DAVIT_FOLDER_TYPES = ("florence2", "florence_generation", "florence_davit")
+# Adapters holding a DaViT at `vision_model` (`FlorenceDaViTBackbone.from_pretrained` reads their folders too).
+ADAPTER_TYPES = ("florence_detection", "florence_vqa")
 class FlorenceDaViTBackbone(BackboneMixin, Florence2VisionPreTrainedModel):
     """The DaViT of a Florence-2 folder as a Transformers backbone: `(B, C, H, W)` maps of `out_features`.
 
@@ -252,8 +258,12 @@ class FlorenceDaViTBackbone(BackboneMixin, Florence2VisionPreTrainedModel):
     base_model_prefix = "model"
     has_attentions = False
     supports_gradient_checkpointing = True  # per DaViT block, in `forward`
-    # The rest of a generation folder, which the backbone leaves behind without a warning.
-    _keys_to_ignore_on_load_unexpected = [r"^(model\.)?(language_model|multi_modal_projector)\.", r"^lm_head\."]
+    # The rest of a generation, detector or VQA folder, which the backbone leaves behind without a warning.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(model\.)?(language_model|multi_modal_projector)\.", r"^lm_head\.",
+        r"^(hidden_states_norms|fpn|dyhead|head|text_model|text_projection|fusion|vqa_head|itm_head|mlm_head)\.",
+        r"^class_embeddings$",
+    ]
 
     def __init__(self, config: FlorenceDaViTConfig):
         super().__init__(config)
@@ -264,8 +274,8 @@ class FlorenceDaViTBackbone(BackboneMixin, Florence2VisionPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
-        """Also from a generation (or Transformers `florence2`) folder: its `vision_config`, with the `out_features`
-        / `out_indices` asked for."""
+        """Also from a generation (or Transformers `florence2`) folder, or a detector or VQA folder on a DaViT tower
+        (at `vision_model` there): its `vision_config`, with the `out_features` / `out_indices` asked for."""
         backbone_kwargs = {key: kwargs.pop(key) for key in ("out_features", "out_indices") if key in kwargs}
         if config is None:
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
@@ -278,6 +288,8 @@ class FlorenceDaViTBackbone(BackboneMixin, Florence2VisionPreTrainedModel):
         for key in ("model_type", "out_features", "out_indices", "stage_names"):
             vision.pop(key, None)
         # Rebuilt without isinstance checks: remote code loads the config class from another module object.
+        if config.model_type in ADAPTER_TYPES:
+            kwargs.setdefault("key_mapping", {r"^vision_model\.": ""})
         config = FlorenceDaViTConfig(**vision, **backbone_kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
@@ -308,6 +320,32 @@ class FlorenceDaViTBackbone(BackboneMixin, Florence2VisionPreTrainedModel):
             hidden_states=tuple(m.flatten(2).transpose(1, 2) for m in maps) if output_hidden_states else None,
         )
         return output if return_dict else output.to_tuple()
+
+
+def load_davit(source) -> "FlorenceDaViTBackbone | None":
+    """The DaViT of a Florence-2 source as a [`FlorenceDaViTBackbone`] (weights exactly the source's), or None when
+    the source holds no DaViT (a two-tower or CoSwin Florence, which the callers load their own way).
+
+    `source`: a `FlorenceDaViTBackbone`, a model holding Transformers' `Florence2VisionBackbone` at `vision_tower` or
+    `model.vision_tower` (ours or Transformers' `Florence2ForConditionalGeneration` / `Florence2Model`), or the folder
+    or Hub name of one (`florence2`, `florence_generation` with the DaViT tower, `florence_davit`)."""
+    if isinstance(source, FlorenceDaViTBackbone):
+        return source
+    if isinstance(source, nn.Module):
+        tower = getattr(source, "vision_tower", None)
+        if tower is None and isinstance(getattr(source, "model", None), nn.Module):
+            tower = getattr(source.model, "vision_tower", None)
+        if not isinstance(tower, Florence2VisionBackbone):
+            return None
+        backbone = FlorenceDaViTBackbone(davit_backbone_config(tower.config))
+        backbone.vision_tower.load_state_dict(tower.state_dict())
+        return backbone.to(next(tower.parameters()).dtype)
+    if not isinstance(source, (str, Path)):
+        return None
+    config = AutoConfig.from_pretrained(source)
+    if config.model_type not in DAVIT_FOLDER_TYPES or getattr(config, "vision_tower", "davit") != "davit":
+        return None
+    return FlorenceDaViTBackbone.from_pretrained(source)
 
 
 __all__ = [

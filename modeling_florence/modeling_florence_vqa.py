@@ -3,7 +3,11 @@
 
 The architecture is METER's (Dou et al., 2022) as Florence used it:
 
-1. the CoSwin image tower gives `(B, L, C)` tokens; an image "CLS" token (their average) is put in front;
+1. the image tower gives `(B, L, C)` tokens; an image "CLS" token (their average) is put in front. The tower is
+   chosen at construction by the vision config's `model_type`: CoSwin (its `last_hidden_state`, after its final
+   LayerNorm) or the DaViT of Florence-2 (`FlorenceDaViTBackbone`: the flattened maps of `vision_feature_stages`,
+   exactly Transformers' `Florence2VisionBackbone` hidden states; the fusion puts a LayerNorm on the last stage, which
+   DaViT leaves unnormalised). `from_florence` takes the DaViT of a Florence-2 folder;
    the text encoder (Florence's tower, bidirectional, or e.g. RoBERTa) gives `(B, T, D)` tokens;
 2. each stream is linearly projected to the fusion width and gets a token-type embedding (text 0, image 1);
 3. N co-attention layers per stream, both updated from the previous layer's two outputs: self-attention ->
@@ -38,6 +42,7 @@ from .modeling_coswin import (
     resolve_output_flags,
 )
 from .modeling_florence import FlorenceAttention, FlorenceModel, FlorenceTextModel
+from .modeling_florence_generation import DAVIT_LAYER_NORM_EPS, FlorenceDaViTBackbone, load_davit
 
 # Temperature of the in-batch image-text similarities from which hard ITM negatives are drawn (ALBEF's 0.07).
 HARD_NEGATIVE_TEMPERATURE = 0.07
@@ -207,11 +212,12 @@ def sincos_position_embeddings(height: int, width: int, dim: int, device=None, d
 
 
 class FlorenceFusionStageProjection(nn.Module):
-    """LayerNorm + Linear of an earlier CoSwin stage's tokens to the fusion width (`vision_feature_stages`)."""
+    """LayerNorm + Linear of an earlier stage's tokens to the fusion width (`vision_feature_stages`)."""
 
     def __init__(self, channels: int, config: FlorenceVQAConfig):
         super().__init__()
-        self.layer_norm = nn.LayerNorm(channels, eps=config.vision_config.layer_norm_eps)
+        self.layer_norm = nn.LayerNorm(channels, eps=getattr(config.vision_config, "layer_norm_eps",
+                                                             DAVIT_LAYER_NORM_EPS))
         self.dense = nn.Linear(channels, config.hidden_size)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -225,8 +231,12 @@ class FlorenceFusionEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.text_transform = nn.Linear(config.text_config.hidden_size, config.hidden_size)
-        self.image_transform = nn.Linear(config.vision_config.hidden_size, config.hidden_size)
         stage_dims = config.vision_config.stage_dims
+        davit = config.vision_tower == "davit"
+        width = stage_dims[-1] if davit else config.vision_config.hidden_size
+        self.image_transform = nn.Linear(width, config.hidden_size)
+        # CoSwin's last stage is its `last_hidden_state` (after a final LayerNorm); DaViT's has none: one is added.
+        self.image_layer_norm = nn.LayerNorm(width, eps=DAVIT_LAYER_NORM_EPS) if davit else None
         self.image_stage_transforms = nn.ModuleDict({
             f"stage{stage}": FlorenceFusionStageProjection(stage_dims[stage - 1], config)
             for stage in config.vision_feature_stages[:-1]
@@ -246,6 +256,9 @@ class FlorenceFusionEncoder(nn.Module):
         tower's `last_hidden_state`), concatenated, plus the 2D position embeddings of their `(H_i, W_i)` `grids`
         when `image_position_embeddings`."""
         stages = self.config.vision_feature_stages
+        stage_tokens = list(stage_tokens)
+        if self.image_layer_norm is not None:
+            stage_tokens[-1] = self.image_layer_norm(stage_tokens[-1])
         projections = [self.image_stage_transforms[f"stage{stage}"] for stage in stages[:-1]] + [self.image_transform]
         projected = [projection(tokens) for projection, tokens in zip(projections, stage_tokens)]
         if self.config.image_position_embeddings:
@@ -329,7 +342,7 @@ class FlorenceFusionPreTrainedModel(FlorencePreTrainedBase):
     base_model_prefix = "florence_fusion"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
-    _no_split_modules = ["FlorenceFusionLayer", "FlorenceTextLayer", "FlorenceVisionLayer"]
+    _no_split_modules = ["FlorenceFusionLayer", "FlorenceTextLayer", "FlorenceVisionLayer", "Florence2VisionBlock"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -345,9 +358,13 @@ class FlorenceFusionPreTrainedModel(FlorencePreTrainedBase):
             init.zeros_(module.bias)
 
     def _build_fusion(self, config: FlorenceVQAConfig) -> None:
-        """The towers (built with `_from_config`, so `attn_implementation` reaches them) and the fusion encoder."""
-        config.vision_config.check_head_widths()
-        self.vision_model = FlorenceVisionModel._from_config(config.vision_config)
+        """The towers (built with `_from_config`, so `attn_implementation` reaches them) and the fusion encoder. The
+        image tower follows `config.vision_tower`: CoSwin, or DaViT as a backbone returning `vision_feature_stages`."""
+        if config.vision_tower == "davit":
+            self.vision_model = FlorenceDaViTBackbone._from_config(config.vision_config)
+        else:
+            config.vision_config.check_head_widths()
+            self.vision_model = FlorenceVisionModel._from_config(config.vision_config)
         self.text_model = build_text_model(config.text_config)
         self.fusion = FlorenceFusionEncoder(config)
 
@@ -356,11 +373,17 @@ class FlorenceFusionPreTrainedModel(FlorencePreTrainedBase):
 
     def stage_tokens(self, vision_outputs) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
         """The `(B, L_i, C_i)` tokens and `(H_i, W_i)` grids of `config.vision_feature_stages` from an image tower
-        output: earlier stages from its `feature_maps`, the last stage is its `last_hidden_state` (final LayerNorm)."""
+        output. CoSwin: earlier stages from its `feature_maps`, the last stage is its `last_hidden_state` (final
+        LayerNorm). DaViT: the backbone's `feature_maps` are exactly those stages, all flattened."""
         stages = self.config.vision_feature_stages
-        maps = [vision_outputs.feature_maps[stage - 1] for stage in stages]
+        if self.config.vision_tower == "davit":
+            maps = list(vision_outputs.feature_maps)
+            last = maps[-1].flatten(2).transpose(1, 2)
+        else:
+            maps = [vision_outputs.feature_maps[stage - 1] for stage in stages]
+            last = vision_outputs.last_hidden_state
         tokens = [feature_map.flatten(2).transpose(1, 2) for feature_map in maps[:-1]]
-        return tokens + [vision_outputs.last_hidden_state], [tuple(feature_map.shape[-2:]) for feature_map in maps]
+        return tokens + [last], [tuple(feature_map.shape[-2:]) for feature_map in maps]
 
     @torch.no_grad()
     def get_image_hidden_states(self, pixel_values: torch.Tensor):
@@ -405,26 +428,38 @@ class FlorenceFusionPreTrainedModel(FlorencePreTrainedBase):
         return [h.flatten(1, -2).to(dtype) for h in hidden_states], grids
 
     @classmethod
-    def from_florence(cls, florence_model_or_folder, **config_kwargs):
-        """This model on the towers of a pretrained `FlorenceModel` (an instance or a folder): the image and text
-        towers are copied exactly; the fusion layers and heads start from their init.
+    def from_florence(cls, florence_model_or_folder, text_source=None, **config_kwargs):
+        """This model on the towers of a pretrained Florence (an instance, a folder or a Hub name); the towers are
+        copied exactly, the fusion layers and heads start from their init:
 
-        `config_kwargs` set the fusion fields (`hidden_size`, `num_fusion_layers`, `num_attention_heads`,
-        `id2label` / `label2id` for the answers, ...). The text tower is rebuilt bidirectional for fusion."""
-        if isinstance(florence_model_or_folder, PreTrainedModel):
-            florence = florence_model_or_folder
-        else:
-            florence = FlorenceModel.from_pretrained(florence_model_or_folder)
-        if not hasattr(florence, "vision_model") or not hasattr(florence, "text_model"):
-            raise ValueError(f"from_florence needs a two-tower FlorenceModel, got {type(florence).__name__}")
-        config = FlorenceVQAConfig(
-            vision_config=florence.config.vision_config.to_dict(),
-            text_config=florence.config.text_config.to_dict(),
-            **config_kwargs,
-        )
+        - a two-tower `FlorenceModel`: its CoSwin and its text tower;
+        - a Florence-2 model or folder (ours with the DaViT tower, Transformers' `florence2` such as
+          `florence-community/Florence-2-base`, or a `FlorenceDaViTBackbone`): its DaViT. Florence-2 has no text
+          encoder of its own to fuse (its BART serves the decoder), so the text tower comes from `text_source` (a
+          two-tower `FlorenceModel` or folder: its text tower, copied) or else from `text_config` in `config_kwargs`
+          (any encoder config; default `FlorenceTextConfig()`), with the weights of its init.
+
+        `text_source` also replaces a two-tower source's text tower. `config_kwargs` set the fusion fields
+        (`hidden_size`, `num_fusion_layers`, `num_attention_heads`, `vision_feature_stages`, `id2label` /
+        `label2id` for the answers, ...). The Florence text tower is rebuilt bidirectional for fusion."""
+
+        def two_tower(source, role):
+            model = source if isinstance(source, PreTrainedModel) else FlorenceModel.from_pretrained(source)
+            if not hasattr(model, "vision_model") or not hasattr(model, "text_model"):
+                raise ValueError(f"from_florence needs a two-tower FlorenceModel{role}, got {type(model).__name__}")
+            return model
+
+        davit = load_davit(florence_model_or_folder)
+        florence = None if davit is not None else two_tower(florence_model_or_folder, "")
+        text = two_tower(text_source, " as text_source") if text_source is not None else florence
+        if text is not None:
+            config_kwargs.setdefault("text_config", text.config.text_config.to_dict())
+        vision_config = davit.config if davit is not None else florence.config.vision_config
+        config = FlorenceVQAConfig(vision_config=vision_config.to_dict(), **config_kwargs)
         model = cls(config)
-        model.vision_model.load_state_dict(florence.vision_model.state_dict())
-        model.text_model.load_state_dict(florence.text_model.state_dict())
+        model.vision_model.load_state_dict((davit if davit is not None else florence.vision_model).state_dict())
+        if text is not None:
+            model.text_model.load_state_dict(text.text_model.state_dict())
         return model
 
     def encode(

@@ -18,7 +18,7 @@ import modeling_florence as mf
 from florence_testing import randomize_
 from modeling_florence import FlorenceModel
 from modeling_florence.training_florence_classification import build_shifted_classification
-from tests.test_common import tiny_florence_config
+from tests.test_common import GENERATION_DAVIT, GENERATION_TEXT, tiny_florence_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,3 +113,19 @@ def timm_swin_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("timm") / "swin_tiny.pth"
     torch.save(model.state_dict(), path)
     return model, path
+
+
+@pytest.fixture(scope="module")
+def florence2_folder(tmp_path_factory):
+    """A random tiny Transformers `Florence2ForConditionalGeneration` (2-stage DaViT, the common suite's) and its
+    `save_pretrained` folder: the Florence-2 source of the DaViT detector and VQA adapter."""
+    from transformers import Florence2Config, Florence2ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = Florence2ForConditionalGeneration(
+        Florence2Config(vision_config=GENERATION_DAVIT, text_config=GENERATION_TEXT, image_token_id=119)
+    ).eval()
+    folder = tmp_path_factory.mktemp("florence2")
+    model.save_pretrained(folder)
+    return model, folder
+

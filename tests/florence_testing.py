@@ -13,7 +13,7 @@ from modeling_florence import (
     FlorenceImageProcessorPil,
     FlorenceVisionConfig,
 )
-from tests.test_common import tiny_detection_config, tiny_text_config, tiny_vqa_config
+from tests.test_common import GENERATION_DAVIT, tiny_detection_config, tiny_text_config, tiny_vqa_config
 
 
 def open_vocabulary_config(**overrides):
@@ -223,3 +223,27 @@ def perturb_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
             if name.endswith("bias") or "bias_table" in name or "norm" in name or "layernorm" in name:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
     return module
+
+
+def davit_stage_states(florence2, pixels: torch.Tensor) -> list[torch.Tensor]:
+    """Transformers' `Florence2VisionBackbone` hidden states at the end of each stage (stage1, stage2, ...)."""
+    with torch.no_grad():
+        states = florence2.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+    ends = torch.tensor(GENERATION_DAVIT["depths"]).cumsum(0).tolist()
+    return [states[end] for end in ends]
+
+
+def assert_one_training_step(model, loss_of) -> None:
+    """`loss_of(model)` is finite; one AdamW step changes every parameter that got a gradient, the DaViT's too."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    loss = loss_of(model)
+    assert torch.isfinite(loss), loss
+    loss.backward()
+    optimizer.step()
+    changed = {name for name, p in model.named_parameters() if name in before and not torch.equal(p, before[name])}
+    assert any(name.startswith("vision_model.") for name in changed), "the DaViT did not train"
+    unchanged = [name for name, p in model.named_parameters()
+                 if p.grad is not None and p.grad.abs().sum() > 0 and name not in changed]
+    assert not unchanged, unchanged

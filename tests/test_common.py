@@ -2,8 +2,10 @@
 exports.
 
 Every `PreTrainedModel` subclass the package exports (public names of `modeling_florence`) must have a tester in `TESTERS` (a test fails when
-one is missing), so each adapter joins the suite the day it lands. A tester gives a tiny config, a batch of inputs,
-the output fields that are per-sample, and how many hidden states / attention maps the model returns.
+one is missing), so each adapter joins the suite the day it lands. `VARIANTS` adds testers of a class on another
+construction (`"FlorenceForObjectDetection[davit]"`: the detector on Florence-2's DaViT), run through every contract.
+A tester gives a tiny config, a batch of inputs, the output fields that are per-sample, and how many hidden states /
+attention maps the model returns.
 
 Transformers contracts that do not apply here, and why:
 - resizing token embeddings / tied input-output embeddings: no model here has a language-model head to tie;
@@ -312,6 +314,37 @@ TESTERS["FlorenceGenerationModel"] = ModelSpec(
 )
 
 
+# Variants: an exported class on another image tower (chosen by its config), under its own tester name. The DaViT is
+# the common generation tester's (2 stages, strides 4 and 8): the detector's FPN reads both stages.
+DAVIT_STATES = 1 + len(GENERATION_DAVIT["depths"])  # stem + one per stage
+VARIANTS: dict[str, type] = {
+    "FlorenceForObjectDetection[davit]": mf.FlorenceForObjectDetection,
+    "FlorenceForVQA[davit]": mf.FlorenceForVQA,
+}
+
+
+def tiny_davit_detection_config(**overrides):
+    return tiny_detection_config(vision_config=mf.FlorenceDaViTConfig(**GENERATION_DAVIT).to_dict(),
+                                 out_features=["stage1", "stage2"], **overrides)
+
+
+def tiny_davit_vqa_config(**overrides):
+    return tiny_vqa_config(vision_config=mf.FlorenceDaViTConfig(**GENERATION_DAVIT).to_dict(),
+                           vision_feature_stages=[1, 2], **overrides)
+
+
+TESTERS["FlorenceForObjectDetection[davit]"] = ModelSpec(
+    tiny_davit_detection_config, pixel_inputs, per_sample=("logits", "pred_boxes", "centerness"),
+    num_hidden_states={"": DAVIT_STATES}, loss_inputs={"labels": detection_labels(2)},
+)
+TESTERS["FlorenceForVQA[davit]"] = ModelSpec(
+    tiny_davit_vqa_config, pair_inputs, per_sample=("logits", "pooler_output"),
+    num_hidden_states={**FUSION_STATES, "vision_model_output": DAVIT_STATES},
+    num_attentions={key: count for key, count in FUSION_ATTENTIONS.items() if key != "vision_model_output"},
+    loss_inputs=TESTERS["FlorenceForVQA"].loss_inputs,
+)
+
+
 def exported_model_classes() -> list[type]:
     return sorted(
         (
@@ -332,14 +365,19 @@ def test_every_exported_model_class_has_a_tester():
 
 
 MODEL_CLASSES = [pytest.param(cls, id=cls.__name__) for cls in exported_model_classes()]
+# (class, tester name): every exported class under its own name, then the variants.
+MODEL_CASES = [pytest.param(cls, cls.__name__, id=cls.__name__) for cls in exported_model_classes()] + [
+    pytest.param(cls, name, id=name) for name, cls in VARIANTS.items()
+]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------------
-def build(cls, seed: int = 0, **config_overrides):
+def build(cls, seed: int = 0, spec: str | None = None, **config_overrides):
+    """`cls` on the tiny config of tester `spec` (default: the class's own tester)."""
     torch.manual_seed(seed)
-    config = TESTERS[cls.__name__].make_config()
+    config = TESTERS[spec or cls.__name__].make_config()
     for key, value in config_overrides.items():
         setattr(config, key, value)
     return cls(config).eval()
@@ -386,10 +424,10 @@ def save(model, directory) -> Path:
 # ----------------------------------------------------------------------------------------------------------------------
 # Contracts
 # ----------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_save_load_round_trip(cls, tmp_path):
-    model = build(cls)
-    inputs = TESTERS[cls.__name__].make_inputs(2)
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_save_load_round_trip(cls, spec, tmp_path):
+    model = build(cls, spec=spec)
+    inputs = TESTERS[spec].make_inputs(2)
     folder = save(model, tmp_path)
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
     reloaded = cls.from_pretrained(folder).eval()
@@ -397,14 +435,14 @@ def test_save_load_round_trip(cls, tmp_path):
         assert_outputs_close(reloaded(**inputs), model(**inputs), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_each_sub_model_loads_from_the_composite_folder(cls, tmp_path):
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_each_sub_model_loads_from_the_composite_folder(cls, spec, tmp_path):
     """As `CLIPVisionModel.from_pretrained(clip_folder)`: every sub-model class reads its own weights from the folder
     of the model that holds it, and gives that sub-model's outputs."""
-    model = build(cls)
+    model = build(cls, spec=spec)
     folder = save(model, tmp_path)
     children = [(name, child) for name, child in model.named_children() if isinstance(child, PreTrainedModel)]
-    if not TESTERS[cls.__name__].sub_models_load_from_folder:
+    if not TESTERS[spec].sub_models_load_from_folder:
         pytest.skip(f"{cls.__name__}'s sub-models read only their own folders")
     if not children:
         pytest.skip(f"{cls.__name__} holds no sub-model")
@@ -416,18 +454,18 @@ def test_each_sub_model_loads_from_the_composite_folder(cls, tmp_path):
             assert torch.equal(value, expected[key]), f"{name}.{key} was not loaded from the composite folder"
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_every_missing_weight_is_initialised(cls, tmp_path):
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_every_missing_weight_is_initialised(cls, spec, tmp_path):
     """Weights absent from a checkpoint come from `_init_weights` (finite, and distributed like a fresh model's),
     never from uninitialised memory."""
-    model = build(cls)
+    model = build(cls, spec=spec)
     folder = save(model, tmp_path)
     state = load_file(folder / "model.safetensors")
     kept = {key: value for index, (key, value) in enumerate(sorted(state.items())) if index % 3 == 0}
     save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
     torch.manual_seed(1)
     loaded = cls.from_pretrained(folder)
-    fresh = dict(build(cls, seed=2).named_parameters())
+    fresh = dict(build(cls, seed=2, spec=spec).named_parameters())
     for name, param in loaded.named_parameters():
         assert torch.isfinite(param).all(), f"{name} holds non-finite values"
         if name in kept:
@@ -441,10 +479,10 @@ def test_every_missing_weight_is_initialised(cls, tmp_path):
             torch.testing.assert_close(param.detach().mean(), reference.mean(), atol=0.05, rtol=0.1)
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_batched_equals_one_by_one(cls):
-    model = build(cls)
-    tester = TESTERS[cls.__name__]
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_batched_equals_one_by_one(cls, spec):
+    model = build(cls, spec=spec)
+    tester = TESTERS[spec]
     inputs = tester.make_inputs(3)
     with torch.no_grad():
         batched = model(**inputs)
@@ -454,9 +492,9 @@ def test_batched_equals_one_by_one(cls):
             torch.testing.assert_close(b, torch.cat(s), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_hidden_states_and_attentions_shapes_and_gradients(cls):
-    tester = TESTERS[cls.__name__]
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_hidden_states_and_attentions_shapes_and_gradients(cls, spec):
+    tester = TESTERS[spec]
     config = tester.make_config()
     config._attn_implementation = "eager"
     torch.manual_seed(0)
@@ -482,20 +520,20 @@ def test_hidden_states_and_attentions_shapes_and_gradients(cls):
         assert tensor.grad is not None and tensor.grad.abs().sum() > 0, "no gradient reached a returned tensor"
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_config_output_hidden_states_is_honoured(cls):
-    tester = TESTERS[cls.__name__]
-    model = build(cls, output_hidden_states=True)
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_config_output_hidden_states_is_honoured(cls, spec):
+    tester = TESTERS[spec]
+    model = build(cls, spec=spec, output_hidden_states=True)
     with torch.no_grad():
         output = model(**tester.make_inputs(1))
     for path, count in tester.num_hidden_states.items():
         assert len(nested(output, path).hidden_states) == count
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_sdpa_equals_eager(cls, tmp_path):
-    folder = save(build(cls), tmp_path)
-    inputs = TESTERS[cls.__name__].make_inputs(2)
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_sdpa_equals_eager(cls, spec, tmp_path):
+    folder = save(build(cls, spec=spec), tmp_path)
+    inputs = TESTERS[spec].make_inputs(2)
     outputs = {}
     for implementation in ("eager", "sdpa"):
         model = cls.from_pretrained(folder, attn_implementation=implementation).eval()
@@ -504,12 +542,12 @@ def test_sdpa_equals_eager(cls, tmp_path):
     assert_outputs_close(outputs["sdpa"], outputs["eager"], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_set_attn_implementation_switches_every_attention_layer(cls):
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_set_attn_implementation_switches_every_attention_layer(cls, spec):
     """`model.set_attn_implementation(...)` on a built model (as with CLIP): every (sub-)config follows, and the
     kernels it selects give the outputs of a model loaded with that implementation."""
-    model = build(cls)
-    inputs = TESTERS[cls.__name__].make_inputs(2)
+    model = build(cls, spec=spec)
+    inputs = TESTERS[spec].make_inputs(2)
     with torch.no_grad():
         reference = model(**inputs)
         model.set_attn_implementation("eager")
@@ -518,13 +556,13 @@ def test_set_attn_implementation_switches_every_attention_layer(cls):
         assert_outputs_close(model(**inputs), reference, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_gradient_checkpointing_gives_the_same_gradients(cls):
-    tester = TESTERS[cls.__name__]
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_gradient_checkpointing_gives_the_same_gradients(cls, spec):
+    tester = TESTERS[spec]
     inputs = {**tester.make_inputs(2), **tester.loss_inputs}
     gradients = []
     for checkpointing in (False, True):
-        model = build(cls).train()
+        model = build(cls, spec=spec).train()
         if checkpointing:
             model.gradient_checkpointing_enable()
             assert model.is_gradient_checkpointing
@@ -535,11 +573,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(cls):
         torch.testing.assert_close(gradients[1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_bf16_loading_casts_fp32_inputs(cls, tmp_path):
-    model = build(cls)
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_bf16_loading_casts_fp32_inputs(cls, spec, tmp_path):
+    model = build(cls, spec=spec)
     folder = save(model, tmp_path)
-    inputs = TESTERS[cls.__name__].make_inputs(2)
+    inputs = TESTERS[spec].make_inputs(2)
     half = cls.from_pretrained(folder, dtype=torch.bfloat16).eval()
     assert all(p.dtype == torch.bfloat16 for p in half.parameters())
     with torch.no_grad():
@@ -549,9 +587,9 @@ def test_bf16_loading_casts_fp32_inputs(cls, tmp_path):
     assert similarity > 0.99
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_meta_device_init(cls):
-    config = TESTERS[cls.__name__].make_config()
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_meta_device_init(cls, spec):
+    config = TESTERS[spec].make_config()
     with torch.device("meta"):
         model = cls(config)
     assert all(p.device.type == "meta" for p in model.parameters())
@@ -560,30 +598,30 @@ def test_meta_device_init(cls):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_return_dict_false_gives_the_same_tuple(cls):
-    model = build(cls)
-    inputs = TESTERS[cls.__name__].make_inputs(2)
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_return_dict_false_gives_the_same_tuple(cls, spec):
+    model = build(cls, spec=spec)
+    inputs = TESTERS[spec].make_inputs(2)
     with torch.no_grad():
         as_dict, as_tuple = model(**inputs), model(**inputs, return_dict=False)
     assert isinstance(as_tuple, tuple) and not isinstance(as_tuple, ModelOutput)
     assert_outputs_close(as_tuple, as_dict.to_tuple(), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_torch_export(cls):
-    model = build(cls)
-    inputs = TESTERS[cls.__name__].make_inputs(2)
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_torch_export(cls, spec):
+    model = build(cls, spec=spec)
+    inputs = TESTERS[spec].make_inputs(2)
     exported = torch.export.export(model, args=(), kwargs=inputs, strict=False)
     with torch.no_grad():
         assert_outputs_close(exported.module()(**inputs), model(**inputs), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_lora_trains_only_the_adapters_and_merges_exactly(cls, tmp_path):
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_lora_trains_only_the_adapters_and_merges_exactly(cls, spec, tmp_path):
     peft = pytest.importorskip("peft")
-    tester = TESTERS[cls.__name__]
-    model = build(cls)
+    tester = TESTERS[spec]
+    model = build(cls, spec=spec)
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     targets = [target for target in tester.lora_targets if target in names]
     assert targets, f"{cls.__name__} has none of the LoRA target layers {tester.lora_targets}"

@@ -10,7 +10,15 @@ import math
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from test_common import TESTERS, assert_outputs_close, build, exported_model_classes, scalar_loss, tensors
+from test_common import (
+    MODEL_CASES,
+    TESTERS,
+    assert_outputs_close,
+    build,
+    exported_model_classes,
+    scalar_loss,
+    tensors,
+)
 
 import modeling_florence as mf
 from modeling_florence import peft_florence
@@ -24,7 +32,6 @@ from modeling_florence.peft_florence import (
     transformers_peft_problem,
 )
 
-MODEL_CLASSES = [pytest.param(cls, id=cls.__name__) for cls in exported_model_classes()]
 EXPECTED_DEFAULTS = {  # the README / module docstring table
     "FlorenceVisionModel": ({"qkv", "proj", "fc1", "fc2", "projection"}, set()),
     "FlorenceVisionBackbone": ({"qkv", "proj", "fc1", "fc2", "projection"}, set()),
@@ -42,6 +49,11 @@ EXPECTED_DEFAULTS = {  # the README / module docstring table
     "FlorenceForConditionalGeneration": (set(DEFAULT_TARGET_NAMES) - {"projection"}, set()),
     "FlorenceGenerationModel": (set(DEFAULT_TARGET_NAMES), set()),
     "FlorenceDaViTBackbone": ({"qkv", "proj", "fc1", "fc2"}, set()),
+    # The variants on Florence-2's DaViT (test_common.VARIANTS): DaViT's attention and MLPs instead of CoSwin's.
+    "FlorenceForObjectDetection[davit]": (
+        {"qkv", "proj", "fc1", "fc2"}, {"hidden_states_norms", "fpn", "dyhead", "head"}
+    ),
+    "FlorenceForVQA[davit]": (set(DEFAULT_TARGET_NAMES) - {"projection"}, {"vqa_head"}),
 }
 
 
@@ -71,11 +83,11 @@ def test_every_exported_model_class_has_documented_lora_defaults():
     assert not missing, f"model classes without documented LoRA defaults: {sorted(missing)}"
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_default_config_trains_a_small_exact_set_of_parameters(cls):
-    model = build(cls)
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_default_config_trains_a_small_exact_set_of_parameters(cls, spec):
+    model = build(cls, spec=spec)
     config = default_lora_config(model, r=2)
-    targets, heads = EXPECTED_DEFAULTS[cls.__name__]
+    targets, heads = EXPECTED_DEFAULTS[spec]
     assert set(config.target_modules) == targets
     # Containers (ModuleList/ModuleDict) and ambiguous names are listed by their children, which PEFT can wrap.
     assert {name.split(".", 1)[0] for name in config.modules_to_save or ()} == heads
@@ -94,10 +106,10 @@ def test_default_config_trains_a_small_exact_set_of_parameters(cls):
     assert {name.split("base_model.model.", 1)[-1] for name in wrapped} == targeted
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_adapter_saves_small_reloads_identically_and_merges(cls, tmp_path):
-    tester = TESTERS[cls.__name__]
-    model = build(cls)
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_adapter_saves_small_reloads_identically_and_merges(cls, spec, tmp_path):
+    tester = TESTERS[spec]
+    model = build(cls, spec=spec)
     model.save_pretrained(tmp_path / "base")
     lora = lora_model(model).eval()
     inputs = tester.make_inputs(2)
@@ -116,12 +128,12 @@ def test_adapter_saves_small_reloads_identically_and_merges(cls, tmp_path):
         assert_outputs_close(merged(**inputs), adapted, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_transformers_add_adapter_and_load_adapter(cls, tmp_path):
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_transformers_add_adapter_and_load_adapter(cls, spec, tmp_path):
     """Transformers' own PEFT integration: `add_adapter`, adapter-only `save_pretrained`, `load_adapter`. Where the
     installed Transformers asks for a newer PEFT (5.24: peft >= 0.22), the clear error is what is checked."""
-    tester = TESTERS[cls.__name__]
-    model = build(cls)
+    tester = TESTERS[spec]
+    model = build(cls, spec=spec)
     if transformers_peft_problem() is not None:
         with pytest.raises(ValueError, match=r"need peft>=[\d.]+, but peft [\d.]+ is installed.*get_peft_model"):
             peft_florence.add_adapter(model, default_lora_config(model, r=2))
@@ -146,11 +158,11 @@ def test_transformers_add_adapter_and_load_adapter(cls, tmp_path):
         assert_outputs_close(fresh(**inputs), plain, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("cls", MODEL_CLASSES)
-def test_gradient_checkpointing_with_lora_gives_the_same_gradients(cls):
-    tester = TESTERS[cls.__name__]
+@pytest.mark.parametrize("cls, spec", MODEL_CASES)
+def test_gradient_checkpointing_with_lora_gives_the_same_gradients(cls, spec):
+    tester = TESTERS[spec]
     inputs = {**tester.make_inputs(2), **tester.loss_inputs}
-    model = build(cls)
+    model = build(cls, spec=spec)
     gradients = []
     for checkpointing in (False, True):
         torch.manual_seed(0)  # the same adapter weights both times

@@ -18,7 +18,12 @@ from modeling_florence.modeling_florence_detection import (
 from modeling_florence.training_florence_detection import DetectionCollator, evaluate_detection, predict
 from tests.test_common import tiny_detection_config, tiny_text_config, detection_labels
 
-from florence_testing import open_vocabulary_config, reference_dyhead_block
+from florence_testing import (
+    assert_one_training_step,
+    davit_stage_states,
+    open_vocabulary_config,
+    reference_dyhead_block,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -334,3 +339,36 @@ def test_object_detection_pipeline_uses_the_stored_class_names(open_vocabulary_f
     image = Image.new("RGB", (SHAPES_SIZE, SHAPES_SIZE), "white")
     results = pipeline("object-detection", model=str(folder))(image, threshold=0.0)
     assert results and {r["label"] for r in results} <= {"red circle", "blue star", "green cross"}
+
+
+def test_from_florence2_folder_davit_maps_equal_transformers_and_train_one_step(florence2_folder, two_tower_folder):
+    """A detector on the DaViT of a Transformers `florence2` folder: the tower is copied exactly (its maps equal
+    `Florence2VisionBackbone`'s hidden states), the detector is closed-set, and one training step moves the DaViT."""
+    theirs, folder = florence2_folder
+    fields = dict(out_features=["stage1", "stage2"], fpn_channels=16, num_dyhead_blocks=1, dyhead_norm_groups=4)
+    detector = mf.FlorenceForObjectDetection.from_florence(folder, id2label={0: "a", 1: "b", 2: "c"}, **fields)
+    assert detector.config.vision_tower == "davit" and not detector.config.is_open_vocabulary
+    assert type(detector.vision_model) is mf.FlorenceDaViTBackbone and detector.config.strides == [4, 8, 16, 32]
+    pixels = torch.randn(2, 3, 40, 32)
+    expected = davit_stage_states(theirs, pixels)
+    with torch.no_grad():
+        maps = detector.vision_model(pixels).feature_maps
+        features, _ = detector.backbone_features(pixels, False, False)
+    for actual, reference, feature, norm in zip(maps, expected, features, detector.hidden_states_norms.values(),
+                                                 strict=True):
+        torch.testing.assert_close(actual, reference, atol=1e-5, rtol=0)
+        torch.testing.assert_close(feature, norm(reference.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    # a model instance gives the same tower
+    from_model = mf.FlorenceForObjectDetection.from_florence(theirs, num_labels=3, **fields)
+    assert all(torch.equal(v, from_model.vision_model.state_dict()[k])
+               for k, v in detector.vision_model.state_dict().items())
+    assert_one_training_step(detector, lambda model: model(pixels, labels=detection_labels(2)).loss)
+
+    # open vocabulary: the text tower and projection of a two-tower Florence (`text_source`), frozen
+    open_detector = mf.FlorenceForObjectDetection.from_florence(folder, text_source=two_tower_folder, **fields)
+    florence = mf.FlorenceModel.from_pretrained(two_tower_folder)
+    assert open_detector.config.is_open_vocabulary and open_detector.config.projection_dim == 24
+    assert torch.equal(open_detector.text_projection.weight, florence.text_projection.weight)
+    assert not any(p.requires_grad for p in open_detector.text_model.parameters())
+    with pytest.raises(ValueError, match="holds no text tower.*text_source"):
+        mf.FlorenceForObjectDetection.from_florence(folder, open_vocabulary=True, **fields)

@@ -17,7 +17,7 @@ from modeling_florence.modeling_florence_vqa import (
 from modeling_florence.processing_florence_vqa import mask_tokens
 from tests.test_common import pixel_inputs, text_inputs, tiny_florence_config, tiny_vqa_config
 
-from florence_testing import build
+from florence_testing import assert_one_training_step, build, davit_stage_states
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -457,3 +457,33 @@ def test_exported_vqa_folder_answers_without_the_package(processor, tmp_path):
     for remote_row, local_row in zip(remote["answers"], local):
         for r, l in zip(remote_row, local_row):
             assert math.isclose(r["score"], l["score"], rel_tol=1e-4, abs_tol=1e-5)
+
+
+def test_from_florence2_folder_davit_tokens_equal_transformers_and_train_one_step(florence2_folder, two_tower_folder):
+    """VQA on the DaViT of a Transformers `florence2` folder: the tower is copied exactly, its image tokens are
+    Transformers' `Florence2VisionBackbone` hidden states of `vision_feature_stages`, flattened; the text tower comes
+    from `text_source`; one training step moves the DaViT."""
+    theirs, folder = florence2_folder
+    fields = dict(hidden_size=32, num_fusion_layers=1, num_attention_heads=4, intermediate_size=48,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, id2label={0: "yes", 1: "no", 2: "red"},
+                  vision_feature_stages=[1, 2], image_position_embeddings=True)
+    vqa = mf.FlorenceForVQA.from_florence(folder, text_source=two_tower_folder, **fields).eval()
+    assert vqa.config.vision_tower == "davit" and vqa.config.vision_config.out_features == ["stage1", "stage2"]
+    assert type(vqa.vision_model) is mf.FlorenceDaViTBackbone and vqa.fusion.image_layer_norm is not None
+    florence = mf.FlorenceModel.from_pretrained(two_tower_folder)
+    for key, value in florence.text_model.state_dict().items():
+        assert torch.equal(vqa.text_model.state_dict()[key], value), key
+    pixels = torch.randn(2, 3, 40, 32)
+    expected = [state.flatten(2).transpose(1, 2) for state in davit_stage_states(theirs, pixels)]
+    tokens = vqa.get_image_hidden_states(pixels)  # channels-last maps (position embeddings need the grids)
+    for actual, reference in zip(tokens, expected, strict=True):
+        torch.testing.assert_close(actual.flatten(1, 2), reference, atol=1e-5, rtol=0)
+    inputs = {**text_inputs(2), "pixel_values": pixels}
+    with torch.no_grad():
+        torch.testing.assert_close(vqa(**inputs).logits, vqa(**text_inputs(2), image_hidden_states=tokens).logits)
+    labels = torch.tensor([[1.0, 0.0, 0.3], [0.0, 0.6, 0.0]])
+    assert_one_training_step(vqa, lambda model: model(**inputs, labels=labels).loss)
+    # without a text source the text tower is built from `text_config` (its init); a model instance works too
+    bare = mf.FlorenceForVQA.from_florence(theirs, text_config=florence.config.text_config.to_dict(), **fields)
+    tower = bare.vision_model.vision_tower.state_dict()
+    assert all(torch.equal(tower[k], v) for k, v in theirs.model.vision_tower.state_dict().items())
