@@ -33,7 +33,6 @@ from modeling_florence.training_florence_generation import (
     build_generation_model,
     generation_data,
     make_compute_metrics,
-    with_target_lengths,
 )
 
 RANGES = {"num_train": {"low": 1}, "num_test": {"low": 1}, "image_size": {"low": 16}, "steps": {"low": 1},
@@ -101,7 +100,7 @@ def trainer_arguments(args, output: Path) -> Seq2SeqTrainingArguments:
         learning_rate=args.learning_rate, weight_decay=0.01, warmup_steps=args.warmup_steps,
         lr_scheduler_type="cosine", logging_steps=max(1, args.steps // 20), save_strategy="no", disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), seed=args.seed, max_grad_norm=1.0, bf16=args.bf16,
-        train_sampling_strategy="group_by_length", predict_with_generate=True, generation_max_length=None,
+        predict_with_generate=True, generation_max_length=None,
         generation_num_beams=args.num_beams,
         **quiet_defaults(),
     )
@@ -140,7 +139,6 @@ def main(argv=None):
         model = get_peft_model(model, default_lora_config(model, r=args.lora_r))
     print(f"{len(train)} training / {len(test)} held-out rows, tasks {sorted(set(test['task']))} "
           f"({time.perf_counter() - start:.0f}s)")
-    train = with_target_lengths(train, processor.tokenizer)
     collator = GenerationCollator(processor, model.config.text_config.max_position_embeddings)
     categories = list(SHAPES) if args.data == "shapes" else None
     trainer = Seq2SeqTrainer(model=model, args=trainer_arguments(args, output), train_dataset=train, eval_dataset=test,
@@ -150,7 +148,6 @@ def main(argv=None):
     if not args.eval_only:
         trainer.train()
     train_seconds = time.perf_counter() - train_start
-    trainer.args.train_sampling_strategy = "sequential"  # Trainer groups eval rows by length too; metrics read in order
     raw = trainer.evaluate(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
     metrics = {key.removeprefix("eval_"): value for key, value in raw.items()
                if not key.removeprefix("eval_").startswith(("runtime", "samples", "steps", "epoch", "loss"))}

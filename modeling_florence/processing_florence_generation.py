@@ -27,7 +27,9 @@ import functools
 import math
 import re
 
+import numpy as np
 import torch
+from PIL import Image as PILImage
 from transformers import AddedToken, BatchFeature, CLIPImageProcessor, CLIPTokenizer
 from transformers.models.florence2.processing_florence2 import Florence2PostProcessor, Florence2Processor
 
@@ -231,7 +233,8 @@ class FlorenceGenerationProcessor(Florence2Processor):
         padding)."""
         if images is None:
             raise ValueError("Florence-2 needs an image for every prompt: pass images=")
-        images = images if isinstance(images, (list, tuple)) else [images]
+        single = isinstance(images, (PILImage.Image, np.ndarray, torch.Tensor)) or not hasattr(images, "__iter__")
+        images = [images] if single else list(images)  # a list, tuple or `datasets` column of images
         texts = [""] * len(images) if text is None else [text] if isinstance(text, str) else list(text)
         if len(texts) != len(images):
             raise ValueError(f"Got {len(images)} images and {len(texts)} prompts: pass one prompt per image")

@@ -80,13 +80,6 @@ def target_ids(tokenizer, text: str, limit: int, row: int | None = None) -> list
     return ids
 
 
-def with_target_lengths(dataset, tokenizer):
-    """The rows with a `length` column (target tokens), for `group_by_length`: batches of similar target lengths pad
-    little, and the LM head (a 50k-way softmax per position) runs on little padding."""
-    lengths = [len(ids) for ids in tokenizer(list(dataset["target"]), add_special_tokens=True)["input_ids"]]
-    return dataset.add_column("length", lengths)
-
-
 class GenerationCollator:
     """Rows (`image`, `prompt`, `target`) -> the processor's `pixel_values`, `input_ids`, `attention_mask` and
     `labels` (`bos + target + eos`, padded with -100)."""

@@ -182,6 +182,18 @@ def test_shipped_tokenizer_has_the_florence2_tokens_offline(tmp_path):
     assert torch.equal(loaded(images=image(), text=prompt)["input_ids"], processor(images=image(), text=prompt)["input_ids"])
 
 
+def test_images_come_as_one_image_a_list_or_a_datasets_column(processors):
+    """A `datasets` column of images (what `dataset["image"]` gives on recent releases) counts as one image per row."""
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+
+    ours, _ = processors
+    rows = Dataset.from_dict({"image": [image(), image()]}, features=Features({"image": ImageFeature()}))
+    batch = ours(images=rows["image"], text=["<OD>", "<CAPTION>"])
+    assert batch["pixel_values"].shape[0] == 2 and batch["input_ids"].shape[0] == 2
+    assert torch.equal(ours(images=[image()], text="<OD>")["input_ids"], ours(images=image(), text="<OD>")["input_ids"])
+
+
 def test_bad_input_is_a_clear_error(processors):
     ours, _ = processors
     with pytest.raises(ValueError, match="Unknown task <DETECT>"):
