@@ -127,7 +127,9 @@ def test_finetune_script_trains_evaluates_saves_and_serves(two_tower, tmp_path, 
     results = json.loads((output / "eval_results.json").read_text())
     assert {"od_AP50", "caption_cider", "vqa_anls", "referring_expression_segmentation_miou"} <= set(
         results["generation"])
-    assert "## Evaluation" in (output / "README.md").read_text() or "generation" in (output / "README.md").read_text()
+    assert "od_AP50" in (output / "README.md").read_text()
+    if lora:
+        return
     again = run_example("finetune_generation.py", "--model", str(output), "--eval-only", "--num-test", "7",
                         "--image-size", "48", "--max-new-tokens", "8", "--output", str(tmp_path / "eval"))
     assert "held-out Florence-2 tasks" in again.stdout
