@@ -60,7 +60,7 @@ def parse_args(argv=None):
     parser.add_argument("--vision-feature-stages", type=int, nargs="+", default=[3, 4],
                         help="CoSwin stages whose tokens enter the encoder (--base)")
     parser.add_argument("--train-vision-tower", action="store_true", help="train the CoSwin tower too (--base)")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1400)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="default 1e-3 for a new encoder-decoder (--base), 1e-4 full / 5e-4 LoRA (--model)")
