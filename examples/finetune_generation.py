@@ -1,9 +1,11 @@
 """Fine-tune Florence-2 (`FlorenceForConditionalGeneration`) with `transformers.Seq2SeqTrainer`, scored per task.
 
-    # a tiny encoder-decoder on the CoSwin tower of the `make demo` model, Florence Shapes multi-task (make demo-generation)
-    python examples/finetune_generation.py --base outputs/florence-tiny-shapes --output outputs/florence-generation-tiny-shapes
+    # a tiny encoder-decoder on the `make demo` model's CoSwin tower, Florence Shapes multi-task (make demo-generation)
+    python examples/finetune_generation.py --base outputs/florence-tiny-shapes \
+        --output outputs/florence-generation-tiny-shapes
     # a Florence-2 folder (ours, or florence-community/Florence-2-base) fine-tuned with LoRA on a COCO detection json
-    python examples/finetune_generation.py --model FOLDER --lora --data coco --annotations A.json --images DIR --output OUT
+    python examples/finetune_generation.py --model FOLDER --lora --data coco --annotations A.json --images DIR \
+        --output OUT
     # evaluate a folder without training
     python examples/finetune_generation.py --model outputs/florence-generation-tiny-shapes --eval-only --output OUT
 
@@ -27,7 +29,12 @@ from modeling_florence.model_card import write_model_card
 from modeling_florence.peft_florence import default_lora_config
 from modeling_florence.recipe_florence import check_arguments
 from modeling_florence.shapes import SHAPES
-from modeling_florence.training_florence import ArgumentParser, RawDescriptionHelpFormatter, quiet_defaults, resolve_bf16
+from modeling_florence.training_florence import (
+    ArgumentParser,
+    RawDescriptionHelpFormatter,
+    resolve_bf16,
+    training_arguments,
+)
 from modeling_florence.training_florence_generation import (
     GenerationCollator,
     build_generation_model,
@@ -96,15 +103,13 @@ def model_and_processor(args):
 
 
 def trainer_arguments(args, output: Path) -> Seq2SeqTrainingArguments:
-    return Seq2SeqTrainingArguments(
-        output_dir=str(output / "trainer"), report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
-        max_steps=args.steps, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
-        learning_rate=args.learning_rate, weight_decay=0.01, warmup_steps=args.warmup_steps,
-        lr_scheduler_type="cosine", logging_steps=max(1, args.steps // 20), save_strategy="no", disable_tqdm=True,
+    return training_arguments(
+        output / "trainer", arguments_class=Seq2SeqTrainingArguments, max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, learning_rate=args.learning_rate,
+        weight_decay=0.01, warmup_steps=args.warmup_steps, lr_scheduler_type="cosine",
+        logging_steps=max(1, args.steps // 20), save_strategy="no", disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), seed=args.seed, max_grad_norm=1.0, bf16=args.bf16,
-        predict_with_generate=True, generation_max_length=None,
-        generation_num_beams=args.num_beams,
-        **quiet_defaults(),
+        predict_with_generate=True, generation_num_beams=args.num_beams,
     )
 
 

@@ -100,14 +100,15 @@ def quiet_defaults() -> dict:
     return {"dataloader_pin_memory": torch.cuda.is_available(), "ddp_find_unused_parameters": False}
 
 
-def training_arguments(output_dir, **overrides):
-    """`TrainingArguments` with the shared quiet defaults, no trackers and the raw columns kept."""
+def training_arguments(output_dir, arguments_class=None, **overrides):
+    """`TrainingArguments` (or `arguments_class`, e.g. `Seq2SeqTrainingArguments`) with the shared quiet defaults, no
+    trackers and the raw columns kept."""
     from transformers import TrainingArguments
 
     defaults = {"output_dir": str(output_dir), "report_to": [], "remove_unused_columns": False,
                 "dataloader_num_workers": 0, **quiet_defaults()}
     defaults.update(overrides)
-    return TrainingArguments(**defaults)
+    return (arguments_class or TrainingArguments)(**defaults)
 
 
 __all__ = ["ArgumentParser", "RawDescriptionHelpFormatter", "bf16_on_this_cpu", "fused_adamw", "grouped_adamw",

@@ -26,19 +26,19 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from .evaluation_florence_generation import score_generation
+from .evaluation_florence_generation import CAPTION_TASKS, score_generation
 from .modeling_florence_generation import FlorenceForConditionalGeneration
 from .processing_florence_generation import LOCATION_TOKENS
 from .training_florence import require_columns
 
-ROW_COLUMNS = ("image", "task", "prompt", "target")
 # The prompt a row's parse uses for its task ("<VQA>" rows are bare questions: their answers are plain text).
 PARSE_TASK = {"<VQA>": "<CAPTION>"}
 # The tiny encoder-decoder of `make demo-generation` (d_model = florence-tiny's text width, so the CLIP token table
 # of the pretrained text tower initialises the word rows).
 TINY_TEXT_CONFIG = dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                        decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512, max_position_embeddings=256,
-                        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, scale_embedding=False)
+                        decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
+                        max_position_embeddings=256, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                        scale_embedding=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -150,8 +150,8 @@ def build_generation_model(base: str, tokenizer, text_config: dict | None = None
 def parse_generated(processor, ids, task: str, image_size: tuple[int, int]):
     """A row's parsed result: the processor's `post_process_generation` value for its task (text for `<VQA>`)."""
     ids = [int(i) for i in ids if int(i) >= 0]
-    parsed = processor.post_process_generation(sequence=ids, task=PARSE_TASK.get(task, task), image_size=image_size)
-    return parsed[PARSE_TASK.get(task, task)]
+    task = PARSE_TASK.get(task, task)
+    return processor.post_process_generation(sequence=ids, task=task, image_size=image_size)[task]
 
 
 def task_key(task: str) -> str:
@@ -159,7 +159,8 @@ def task_key(task: str) -> str:
     return task.strip("<>").lower()
 
 
-TEXT_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<VQA>")
+# Tasks scored against reference answers (the `answers` column) rather than parsed targets.
+TEXT_TASKS = (*CAPTION_TASKS, "<VQA>")
 
 
 def score_rows(dataset, predictions: list, processor, categories=None) -> dict[str, float]:
