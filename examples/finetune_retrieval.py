@@ -18,7 +18,7 @@ import torch
 
 import modeling_florence  # noqa: F401  (registers the Florence model types)
 from modeling_florence.recipe_florence import check_arguments
-from modeling_florence.training_florence import ArgumentParser, RawDescriptionHelpFormatter
+from modeling_florence.training_florence import ArgumentParser, RawDescriptionHelpFormatter, process_threads
 from modeling_florence.training_florence_classification import (
     RETRIEVAL_LEARNING_RATE,
     RETRIEVAL_WARMUP_STEPS,
@@ -50,7 +50,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     check_arguments(args, RANGES)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
+    torch.set_num_threads(process_threads())
     results = run_retrieval(
         args.model, args.output, data=args.data, num_train=args.num_train, num_test=args.num_test,
         pairs_file=args.pairs_file, lora=args.lora, evaluate=not args.no_eval, num_train_epochs=args.epochs,

@@ -56,6 +56,14 @@ def fetch_url(url: str, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES, timeout: fl
     return b"".join(chunks)
 
 
+def is_image_sequence(value) -> bool:
+    """Whether `value` is a collection of images to open one by one (a `datasets` column, a generator, ...) rather
+    than one image source (a path, URL, bytes, file object or mapping)."""
+    if isinstance(value, (str, bytes, bytearray, memoryview, Path, dict)) or hasattr(value, "read"):
+        return False
+    return hasattr(value, "__iter__")
+
+
 def resolve_source(source, allow_urls: bool = False, kind: str = "image"):
     """A path, bytes or file object to read from: what `Image.open` or `av.open` is given.
 

@@ -32,7 +32,14 @@ from transformers.image_utils import (
     is_valid_image,
 )
 
-from .image_loading_florence import DEFAULT_MAX_IMAGE_PIXELS, check_pixels, decode_bounded, open_image, to_rgb_array
+from .image_loading_florence import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    check_pixels,
+    decode_bounded,
+    is_image_sequence,
+    open_image,
+    to_rgb_array,
+)
 
 # Statistics a checkpoint was trained with: CLIP's for UniCL/CLIP-lineage towers, ImageNet's for timm/Swin ones.
 NORMALIZATIONS = {
@@ -143,6 +150,8 @@ class FlorenceImageProcessorDefaults(FlorenceCLIPTransforms):
             return [self.fetch_images(item, allow_urls=allow_urls) for item in image_url_or_urls]
         if is_valid_image(image_url_or_urls):
             return image_url_or_urls
+        if is_image_sequence(image_url_or_urls):  # a `datasets` column of images, a generator, ...
+            return self.fetch_images(list(image_url_or_urls), allow_urls=allow_urls)
         return open_image(image_url_or_urls, allow_urls=allow_urls, max_pixels=self.max_image_pixels)
 
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs):

@@ -8,6 +8,7 @@ Numbers given to a script are checked by `recipe_florence.check_arguments`, the 
 """
 
 import argparse
+import os
 from argparse import RawDescriptionHelpFormatter
 
 import torch
@@ -113,3 +114,11 @@ def training_arguments(output_dir, arguments_class=None, **overrides):
 
 __all__ = ["ArgumentParser", "RawDescriptionHelpFormatter", "bf16_on_this_cpu", "fused_adamw", "grouped_adamw",
            "quiet_defaults", "require_columns", "resolve_bf16", "training_arguments"]
+
+
+def process_threads() -> int:
+    """Intra-op threads of this process: `OMP_NUM_THREADS` when set, else the cores shared among `WORLD_SIZE`
+    processes."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1)))

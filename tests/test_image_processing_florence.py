@@ -89,3 +89,17 @@ def test_image_processor_options_and_errors():
         FlorenceImageProcessor(normalization="cifar")
     with pytest.raises((ValueError, TypeError), match="supported|Invalid|type"):
         FlorenceImageProcessor()(object())
+
+
+@pytest.mark.parametrize("processor_class", BACKENDS)
+def test_a_datasets_column_or_generator_of_images_is_a_batch(processor_class):
+    from datasets import Dataset, Features, Image as ImageFeature
+
+    images = [Image.new("RGB", (40, 30), colour) for colour in ("red", "blue", "green")]
+    column = Dataset.from_dict({"image": images}, features=Features({"image": ImageFeature()}))["image"]
+    processor = processor_class()
+    expected = processor(images, return_tensors="pt")["pixel_values"]
+    for batch in (column, (image for image in images)):
+        torch.testing.assert_close(processor(batch, return_tensors="pt")["pixel_values"], expected)
+    with pytest.raises(TypeError, match="Unsupported image input of type int"):
+        processor(7, return_tensors="pt")

@@ -16,6 +16,7 @@ from modeling_florence.training_florence import (
     ArgumentParser,
     fused_adamw,
     grouped_adamw,
+    process_threads,
     quiet_defaults,
     require_columns,
     training_arguments,
@@ -126,3 +127,17 @@ def test_evaluate_zero_shot_does_not_overwrite_results_silently(tmp_path):
     done = run_script("evaluate_zero_shot.py", "--model", str(tmp_path))
     assert done.returncode != 0 and "eval_results.json exists" in done.stderr and "--overwrite" in done.stderr
     assert json.loads((tmp_path / "eval_results.json").read_text()) == {"top1": 91.0}
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({"OMP_NUM_THREADS": "1"}, 1),
+    ({"WORLD_SIZE": "2"}, max(1, (os.cpu_count() or 1) // 2)),
+    ({}, os.cpu_count() or 1),
+    ({"OMP_NUM_THREADS": "junk"}, os.cpu_count() or 1),
+])
+def test_process_threads_honours_omp_num_threads_then_shares_the_cores(monkeypatch, environment, expected):
+    for name in ("OMP_NUM_THREADS", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert process_threads() == expected
