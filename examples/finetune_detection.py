@@ -80,8 +80,9 @@ def main(argv=None) -> dict:
     output = Path(args.output)
     train, evaluation, names, category_key = detection_data(args)
     model = build_detector(args, {"num_labels": len(names), "id2label": dict(enumerate(names))})
+    # The normalisation of the --base folder the tower came from (a Florence-2 folder's ImageNet mean/std).
     processor = mf.FlorenceDetectionImageProcessor.from_detection_config(
-        model.config, size={"shortest_edge": args.image_size, "longest_edge": args.image_size * 2}
+        model.config, source=args.base, size={"shortest_edge": args.image_size, "longest_edge": args.image_size * 2}
     )
 
     tokenizer = class_inputs = None

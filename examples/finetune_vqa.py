@@ -148,7 +148,9 @@ def main(argv=None):
     train, test = vqa_data(args.data, args.num_train, args.num_test, args.shapes_image_size, args.seed,
                            args.questions, args.annotations, args.images, args.split)
     vocabulary = mf.build_answer_vocabulary(train["answers"], top_n=args.top_answers)
-    processor = mf.FlorenceVQAProcessor.from_defaults(image_size=args.image_size, answer_vocabulary=vocabulary)
+    # The normalisation of the --florence folder the towers come from (a Florence-2 folder's ImageNet mean/std).
+    processor = mf.FlorenceVQAProcessor.from_defaults(image_size=args.image_size, answer_vocabulary=vocabulary,
+                                                      source=args.florence)
     train_set, test_set = trim_padding(preprocess(train, processor), preprocess(test, processor))
     print(f"{len(train_set)} training / {len(test_set)} test questions, {len(vocabulary)} answers, answers outside "
           f"the vocabulary dropped: {processor.answer_counts['dropped']} of "

@@ -43,7 +43,7 @@ from .modeling_coswin import (
     FlorenceVisionModelOutput,
     FlorenceVisionPreTrainedModel,
 )
-from .image_processing_florence import FlorenceImageProcessor, FlorenceImageProcessorPil
+from .image_processing_florence import FlorenceImageProcessor, FlorenceImageProcessorPil, source_normalization
 from .loss_florence import global_batch_unicl_loss
 from .modeling_florence import (
     FlorenceModel,

@@ -18,7 +18,9 @@ Work is bounded for untrusted uploads, and results equal Transformers' `CLIPImag
   `ValueError` (set `size["longest_edge"]` to clamp instead).
 """
 
+import json
 import math
+from pathlib import Path
 
 from PIL import Image
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
@@ -89,6 +91,33 @@ def decode_side(size, do_resize: bool) -> int | None:
         return None
     sides = [side for side in (size.shortest_edge, size.height, size.width, size.max_height, size.max_width) if side]
     return max(sides) if sides else None
+
+
+def source_normalization(source) -> dict:
+    """The image normalisation saved with a model folder, as processor keyword arguments: `{"normalization": name}`
+    when it is one of `NORMALIZATIONS`, else `{"image_mean": ..., "image_std": ...}`; `{}` when `source` is not a
+    local folder or saved none (the processor's defaults then apply).
+
+    Read from `preprocessor_config.json`, else `processor_config.json` (its `image_processor` entry or top level):
+    a Florence-2 folder (ours or Transformers' `florence2`) keeps ImageNet's mean/std there, not CoSwin's CLIP
+    statistics, so a detector or a VQA model built on its DaViT must be fed images normalised that way."""
+    if not isinstance(source, (str, Path)) or not Path(source).is_dir():
+        return {}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        path = Path(source) / name
+        if not path.is_file():
+            continue
+        saved = json.loads(path.read_text())
+        saved = saved.get("image_processor", saved) if isinstance(saved.get("image_processor"), dict) else saved
+        if saved.get("image_mean") is None or saved.get("image_std") is None:
+            continue
+        mean, std = [float(v) for v in saved["image_mean"]], [float(v) for v in saved["image_std"]]
+        for normalization, (known_mean, known_std) in NORMALIZATIONS.items():
+            known = known_mean + known_std
+            if len(mean + std) == len(known) and all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(mean + std, known)):
+                return {"normalization": normalization}
+        return {"image_mean": mean, "image_std": std}
+    return {}
 
 
 class FlorenceCLIPTransforms:
@@ -207,4 +236,11 @@ class FlorenceImageProcessorPil(FlorenceImageProcessorDefaults, PilBackend):
     """Florence image processor on the PIL backend (no torchvision needed at preprocessing time)."""
 
 
-__all__ = ["FlorenceImageProcessor", "FlorenceImageProcessorPil", "NORMALIZATIONS", "crop_window", "resized_shape"]
+__all__ = [
+    "FlorenceImageProcessor",
+    "FlorenceImageProcessorPil",
+    "NORMALIZATIONS",
+    "crop_window",
+    "resized_shape",
+    "source_normalization",
+]

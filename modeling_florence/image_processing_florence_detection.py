@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.ops import batched_nms, box_convert
 from transformers.image_processing_base import BatchFeature
 
-from .image_processing_florence import FlorenceImageProcessor
+from .image_processing_florence import FlorenceImageProcessor, source_normalization
 
 
 def image_size(image) -> tuple[int, int]:
@@ -79,10 +79,14 @@ class FlorenceDetectionImageProcessor(FlorenceImageProcessor):
         self.pre_nms_top_k = pre_nms_top_k
 
     @classmethod
-    def from_detection_config(cls, config, **kwargs) -> "FlorenceDetectionImageProcessor":
-        """A processor with a detector config's padding and inference settings (`kwargs` override)."""
+    def from_detection_config(cls, config, source=None, **kwargs) -> "FlorenceDetectionImageProcessor":
+        """A processor with a detector config's padding and inference settings (`kwargs` override). `source`: the
+        folder the detector's image tower came from (`from_florence`): its saved normalisation is used (a Florence-2
+        folder's ImageNet mean/std; see `source_normalization`), unless `kwargs` set one."""
         for name in ("size_divisibility", "score_threshold", "nms_iou_threshold", "max_detections", "pre_nms_top_k"):
             kwargs.setdefault(name, getattr(config, name))
+        if not {"normalization", "image_mean", "image_std"} & set(kwargs):
+            kwargs.update(source_normalization(source))
         return cls(**kwargs)
 
     # ------------------------------------------------------------------------------------------------------------------

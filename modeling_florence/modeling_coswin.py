@@ -508,6 +508,21 @@ def build_stages(config, stage_class: type[FlorenceStageBase]) -> nn.ModuleList:
     )
 
 
+def init_linear_or_layer_norm(module: nn.Module, std: float) -> bool:
+    """BERT's / CLIP's init of one module: normal(std) weights and zero biases for a Linear or an Embedding, a
+    LayerNorm at identity. Returns whether `module` was one of those (the caller then handles its own modules)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        init.normal_(module.weight, std=std)
+        if getattr(module, "bias", None) is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+    else:
+        return False
+    return True
+
+
 class FlorencePreTrainedBase(PreTrainedModel):
     """What every Florence `PreTrainedModel` declares, in one place: gradient checkpointing, and attention through
     Transformers' kernels (eager, `sdpa`, the attention-backend registry; no flash / flex attention)."""

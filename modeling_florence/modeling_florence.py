@@ -6,8 +6,8 @@ Module names follow Transformers' CLIP (`embeddings.token_embedding`, `encoder.l
 zero-shot-image-classification pipeline work unchanged.
 """
 
+import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from .modeling_coswin import (
     FlorenceVisionModelOutput,
     attention_function,
     eager_attention_forward,
+    init_linear_or_layer_norm,
     is_tracing,
     resolve_output_flags,
 )
@@ -212,15 +213,10 @@ class FlorencePreTrainedModel(FlorencePreTrainedBase):
     def _init_weights(self, module):
         """CLIP's text init (normal, std scaled by width and depth, recorded on each layer by `init_std`), zero
         biases, LayerNorms at identity; bias-free projections; the image tower keeps Swin's own init."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            std = getattr(module, "init_std", getattr(self.config, "initializer_range", 0.02))
-            init.normal_(module.weight, std=std)
-            if getattr(module, "bias", None) is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, FlorenceTextEmbeddings):
+        std = getattr(module, "init_std", getattr(self.config, "initializer_range", 0.02))
+        if init_linear_or_layer_norm(module, std):
+            return
+        if isinstance(module, FlorenceTextEmbeddings):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).unsqueeze(0))
         elif isinstance(module, FlorenceModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
@@ -358,8 +354,42 @@ def encode_pairs(model, pixel_values, input_ids, attention_mask, position_ids, o
     return vision_outputs, text_outputs, vision_embeds, text_embeds
 
 
-@dataclass
-class FlorenceOutput(ModelOutput):
+def nested_to_tuple(output: ModelOutput) -> tuple[Any]:
+    """`to_tuple` of a two-tower output: the towers' outputs become tuples too (as Transformers' `CLIPOutput`)."""
+    return tuple(
+        output[k] if k not in ("text_model_output", "vision_model_output") else getattr(output, k).to_tuple()
+        for k in output.keys()
+    )
+
+
+def two_tower_output_class(name: str, noun: str, vision_output_class: type, doc: str, module: str) -> type:
+    """The output dataclass of a two-tower model, field for field Transformers' `CLIPOutput` with its vision side
+    named after `noun` ("image": `logits_per_image`, `image_embeds`): `loss`, `logits_per_<noun>`,
+    `logits_per_text`, `text_embeds`, `<noun>_embeds`, `text_model_output`, `vision_model_output`; `to_tuple` turns
+    the towers' outputs into tuples. One definition for [`FlorenceModel`] and `FlorenceVideoModel`."""
+    tensor = torch.FloatTensor | None
+    fields = [
+        ("loss", tensor),
+        (f"logits_per_{noun}", tensor),
+        ("logits_per_text", tensor),
+        ("text_embeds", tensor),
+        (f"{noun}_embeds", tensor),
+        ("text_model_output", BaseModelOutputWithPooling | None),
+        ("vision_model_output", vision_output_class | None),
+    ]
+    # `__module__` in the namespace: the class is created (and registered as a pytree node by `ModelOutput`) under
+    # its real module, not `types`.
+    namespace = {"__module__": module, "__doc__": doc, "to_tuple": nested_to_tuple}
+    return dataclasses.make_dataclass(
+        name, [(field, kind, dataclasses.field(default=None)) for field, kind in fields], bases=(ModelOutput,),
+        namespace=namespace,
+    )
+
+
+FlorenceOutput = two_tower_output_class(
+    "FlorenceOutput",
+    "image",
+    FlorenceVisionModelOutput,
     """
     Output of [`FlorenceModel`], field for field that of Transformers' `CLIPOutput`.
 
@@ -369,26 +399,9 @@ class FlorenceOutput(ModelOutput):
         logits_per_text: `(texts, images)`.
         text_embeds, image_embeds: L2-normalised projected features of this process's batch.
         text_model_output, vision_model_output: the towers' outputs.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits_per_image: torch.FloatTensor | None = None
-    logits_per_text: torch.FloatTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
-    vision_model_output: FlorenceVisionModelOutput | None = None
-
-    def to_tuple(self) -> tuple[Any]:
-        return nested_to_tuple(self)
-
-
-def nested_to_tuple(output: ModelOutput) -> tuple[Any]:
-    """`to_tuple` of a two-tower output: the towers' outputs become tuples too (as Transformers' `CLIPOutput`)."""
-    return tuple(
-        output[k] if k not in ("text_model_output", "vision_model_output") else getattr(output, k).to_tuple()
-        for k in output.keys()
-    )
+    """,
+    __name__,
+)
 
 
 class FlorenceTwoTowerMixin:
@@ -436,14 +449,13 @@ class FlorenceTwoTowerMixin:
     ) -> BaseModelOutputWithPooling | tuple:
         """The text tower's output whose `pooler_output` is the projected (not normalised) text feature
         `(B, projection_dim)`, as `CLIPModel.get_text_features` in Transformers 5."""
+        flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        return self.projected_text_outputs(input_ids, attention_mask, position_ids, **flags, **kwargs)
+
+    def projected_text_outputs(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        """The text tower's output whose `pooler_output` is the projected (not normalised) text feature."""
         text_outputs = self.text_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-            **kwargs,
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )
         text_outputs.pooler_output = self.text_projection(text_outputs.pooler_output)
         return text_outputs

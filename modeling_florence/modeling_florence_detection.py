@@ -28,7 +28,6 @@ Outputs follow DETR's conventions: `logits` (pre-sigmoid, per location and class
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +41,7 @@ from .configuration_florence_detection import STAGE_NAMES, FlorenceDetectionConf
 from .deform_conv_florence import modulated_deform_conv2d
 from .modeling_coswin import FlorencePreTrainedBase, FlorenceVisionModel, resolve_output_flags
 from .modeling_florence import FlorenceTextModel, is_tracing
-from .modeling_florence_generation import DAVIT_LAYER_NORM_EPS, FlorenceDaViTBackbone, load_davit
+from .modeling_florence_generation import DAVIT_LAYER_NORM_EPS, FlorenceDaViTBackbone, load_tower_sources
 
 # Largest exp() argument when decoding box sizes, as detectron2/maskrcnn-benchmark (boxes up to 1000/16 anchors).
 BOX_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -519,17 +518,7 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
         `num_dyhead_blocks`, `id2label`, ...; `text_config` + `projection_dim` with no text source give an
         open-vocabulary detector whose text tower starts from its init). The FPN, DyHead and head start from their own
         initialisation."""
-        from .modeling_florence import FlorenceModel
-
-        def two_tower(source):
-            return FlorenceModel.from_pretrained(source) if isinstance(source, (str, Path)) else source
-
-        davit = load_davit(florence_model_or_folder)
-        florence = None if davit is not None else two_tower(florence_model_or_folder)
-        text = two_tower(text_source) if text_source is not None else florence
-        if text is not None and not all(hasattr(text, name) for name in ("text_model", "text_projection")):
-            raise ValueError(f"The text source must be a two-tower FlorenceModel (or its folder), got "
-                             f"{type(text).__name__}")
+        vision_tower, vision_config, text = load_tower_sources(florence_model_or_folder, text_source)
         if open_vocabulary is None:
             open_vocabulary = text is not None or "text_config" in config_overrides
         if open_vocabulary and text is None and "text_config" not in config_overrides:
@@ -539,10 +528,9 @@ class FlorenceForObjectDetection(FlorenceDetectionPreTrainedModel):
         if open_vocabulary and text is not None:
             config_overrides.setdefault("text_config", text.config.text_config.to_dict())
             config_overrides.setdefault("projection_dim", text.config.projection_dim)
-        vision_config = davit.config if davit is not None else florence.config.vision_config
         config = FlorenceDetectionConfig(vision_config=vision_config.to_dict(), **config_overrides)
         detector = cls(config)
-        detector.vision_model.load_state_dict((davit if davit is not None else florence.vision_model).state_dict())
+        detector.vision_model.load_state_dict(vision_tower.state_dict())
         if open_vocabulary and text is not None:
             detector.text_model.load_state_dict(text.text_model.state_dict())
             detector.text_projection.load_state_dict(text.text_projection.state_dict())

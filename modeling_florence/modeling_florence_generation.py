@@ -348,6 +348,32 @@ def load_davit(source) -> "FlorenceDaViTBackbone | None":
     return FlorenceDaViTBackbone.from_pretrained(source)
 
 
+
+def load_two_tower(source, role: str = ""):
+    """A two-tower `FlorenceModel` given as a model or as a folder / Hub name (loaded), checked to hold both towers
+    and the text projection; `role` names it in the error (e.g. " as text_source")."""
+    from .modeling_florence import FlorenceModel
+
+    model = source if isinstance(source, nn.Module) else FlorenceModel.from_pretrained(source)
+    if not all(hasattr(model, name) for name in ("vision_model", "text_model", "text_projection")):
+        raise ValueError(f"from_florence needs a two-tower FlorenceModel (or its folder){role}, got "
+                         f"{type(model).__name__}")
+    return model
+
+
+def load_tower_sources(source, text_source=None) -> tuple:
+    """What an adapter's `from_florence` copies from its sources: `(image tower, its config, text source)`.
+
+    The image tower is the DaViT of a Florence-2 `source` (see [`load_davit`]) or else the CoSwin of a two-tower
+    `source`; the text source is `text_source` (a two-tower `FlorenceModel` or folder) when given, else the
+    two-tower `source` itself, else None (a Florence-2 source holds no contrastive or fusion text tower)."""
+    davit = load_davit(source)
+    florence = load_two_tower(source) if davit is None else None
+    text = load_two_tower(text_source, " as text_source") if text_source is not None else florence
+    if davit is not None:
+        return davit, davit.config, text
+    return florence.vision_model, florence.config.vision_config, text
+
 __all__ = [
     "FlorenceDaViTBackbone",
     "FlorenceForConditionalGeneration",

@@ -24,14 +24,13 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import can_return_tuple
 
 from .configuration_florence_video import FlorenceVideoConfig, FlorenceVideoVisionConfig
 from .modeling_coswin import (
@@ -52,7 +51,7 @@ from .modeling_coswin import (
     window_partition,
     window_reverse,
 )
-from .modeling_florence import FlorenceTwoTowerMixin, nested_to_tuple
+from .modeling_florence import FlorenceTwoTowerMixin, two_tower_output_class
 
 Size3 = tuple[int, int, int]
 
@@ -74,8 +73,10 @@ class FlorenceVideoVisionModelOutput(FlorenceVisionModelOutput):
     """
 
 
-@dataclass
-class FlorenceVideoOutput(ModelOutput):
+FlorenceVideoOutput = two_tower_output_class(
+    "FlorenceVideoOutput",
+    "video",
+    FlorenceVideoVisionModelOutput,
     """
     Output of [`FlorenceVideoModel`] (the video counterpart of `CLIPOutput` / [`FlorenceOutput`]).
 
@@ -85,18 +86,9 @@ class FlorenceVideoOutput(ModelOutput):
         logits_per_text: `(texts, videos)`.
         text_embeds, video_embeds: L2-normalised projected features.
         text_model_output, vision_model_output: the towers' outputs.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits_per_video: torch.FloatTensor | None = None
-    logits_per_text: torch.FloatTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-    video_embeds: torch.FloatTensor | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
-    vision_model_output: FlorenceVideoVisionModelOutput | None = None
-
-    def to_tuple(self) -> tuple[Any]:
-        return nested_to_tuple(self)
+    """,
+    __name__,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
-from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
@@ -39,10 +38,11 @@ from .configuration_florence_vqa import FlorenceVQAConfig
 from .modeling_coswin import (
     FlorencePreTrainedBase,
     FlorenceVisionModel,
+    init_linear_or_layer_norm,
     resolve_output_flags,
 )
-from .modeling_florence import FlorenceAttention, FlorenceModel, FlorenceTextModel
-from .modeling_florence_generation import DAVIT_LAYER_NORM_EPS, FlorenceDaViTBackbone, load_davit
+from .modeling_florence import FlorenceAttention, FlorenceTextModel
+from .modeling_florence_generation import DAVIT_LAYER_NORM_EPS, FlorenceDaViTBackbone, load_tower_sources
 
 # Temperature of the in-batch image-text similarities from which hard ITM negatives are drawn (ALBEF's 0.07).
 HARD_NEGATIVE_TEMPERATURE = 0.07
@@ -78,9 +78,18 @@ class FlorenceFusionModelOutput(ModelOutput):
 
 
 @dataclass
-class FlorenceVQAOutput(ModelOutput):
+class FlorenceVQAHeadOutput(ModelOutput):
+    """The fields a VQA head puts in front of the fusion's: its loss and answer logits (see [`FlorenceVQAOutput`])."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+@dataclass
+class FlorenceVQAOutput(FlorenceFusionModelOutput, FlorenceVQAHeadOutput):
     """
-    Output of [`FlorenceForVQA`].
+    Output of [`FlorenceForVQA`]: the head's fields, then those of [`FlorenceFusionModelOutput`] (a dataclass takes
+    its bases' fields in reverse order, so the head's come first).
 
     Args:
         loss: BCE-with-logits against the soft VQA scores, times the number of answers (METER), when `labels` given.
@@ -89,22 +98,23 @@ class FlorenceVQAOutput(ModelOutput):
             [`FlorenceFusionModelOutput`].
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    text_fusion_output: BaseModelOutputWithPoolingAndCrossAttentions | None = None
-    image_fusion_output: BaseModelOutputWithPoolingAndCrossAttentions | None = None
-    text_model_output: ModelOutput | None = None
-    vision_model_output: ModelOutput | None = None
 
-    def to_tuple(self) -> tuple[Any]:
-        return _tuple(self)
+@dataclass
+class FlorencePretrainingHeadOutput(ModelOutput):
+    """The fields the pretraining heads put in front of the fusion's (see [`FlorenceVisionLanguagePretrainingOutput`])."""
+
+    loss: torch.FloatTensor | None = None
+    itm_loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
 
 
 @dataclass
-class FlorenceVisionLanguagePretrainingOutput(ModelOutput):
+class FlorenceVisionLanguagePretrainingOutput(FlorenceFusionModelOutput, FlorencePretrainingHeadOutput):
     """
-    Output of [`FlorenceForVisionLanguagePretraining`].
+    Output of [`FlorenceForVisionLanguagePretraining`]: the heads' fields, then those of
+    [`FlorenceFusionModelOutput`].
 
     Args:
         loss: `itm_loss + mlm_loss` (those computed).
@@ -115,20 +125,6 @@ class FlorenceVisionLanguagePretrainingOutput(ModelOutput):
         pooler_output, text_fusion_output, image_fusion_output, text_model_output, vision_model_output: as
             [`FlorenceFusionModelOutput`], for the given pairs.
     """
-
-    loss: torch.FloatTensor | None = None
-    itm_loss: torch.FloatTensor | None = None
-    mlm_loss: torch.FloatTensor | None = None
-    itm_logits: torch.FloatTensor | None = None
-    mlm_logits: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    text_fusion_output: BaseModelOutputWithPoolingAndCrossAttentions | None = None
-    image_fusion_output: BaseModelOutputWithPoolingAndCrossAttentions | None = None
-    text_model_output: ModelOutput | None = None
-    vision_model_output: ModelOutput | None = None
-
-    def to_tuple(self) -> tuple[Any]:
-        return _tuple(self)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -348,14 +344,7 @@ class FlorenceFusionPreTrainedModel(FlorencePreTrainedBase):
     def _init_weights(self, module):
         """BERT's init for the fusion layers and heads (normal(initializer_range), zero biases, LayerNorms at
         identity); the towers keep their own init (Transformers dispatches to each sub-model's `_init_weights`)."""
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            init.normal_(module.weight, std=std)
-            if getattr(module, "bias", None) is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+        init_linear_or_layer_norm(module, self.config.initializer_range)
 
     def _build_fusion(self, config: FlorenceVQAConfig) -> None:
         """The towers (built with `_from_config`, so `attn_implementation` reaches them) and the fusion encoder. The
@@ -443,21 +432,12 @@ class FlorenceFusionPreTrainedModel(FlorencePreTrainedBase):
         (`hidden_size`, `num_fusion_layers`, `num_attention_heads`, `vision_feature_stages`, `id2label` /
         `label2id` for the answers, ...). The Florence text tower is rebuilt bidirectional for fusion."""
 
-        def two_tower(source, role):
-            model = source if isinstance(source, PreTrainedModel) else FlorenceModel.from_pretrained(source)
-            if not hasattr(model, "vision_model") or not hasattr(model, "text_model"):
-                raise ValueError(f"from_florence needs a two-tower FlorenceModel{role}, got {type(model).__name__}")
-            return model
-
-        davit = load_davit(florence_model_or_folder)
-        florence = None if davit is not None else two_tower(florence_model_or_folder, "")
-        text = two_tower(text_source, " as text_source") if text_source is not None else florence
+        vision_tower, vision_config, text = load_tower_sources(florence_model_or_folder, text_source)
         if text is not None:
             config_kwargs.setdefault("text_config", text.config.text_config.to_dict())
-        vision_config = davit.config if davit is not None else florence.config.vision_config
         config = FlorenceVQAConfig(vision_config=vision_config.to_dict(), **config_kwargs)
         model = cls(config)
-        model.vision_model.load_state_dict((davit if davit is not None else florence.vision_model).state_dict())
+        model.vision_model.load_state_dict(vision_tower.state_dict())
         if text is not None:
             model.text_model.load_state_dict(text.text_model.state_dict())
         return model

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from .image_processing_florence import source_normalization
 from .processing_florence import FlorenceProcessor
 
 NUMBER_WORDS = {
@@ -137,7 +138,12 @@ class FlorenceVQAProcessor(FlorenceProcessor):
 
     @classmethod
     def from_defaults(cls, image_size: int = 224, num_frames: int = 8, answer_vocabulary: list[str] | None = None,
-                      **image_kwargs) -> "FlorenceVQAProcessor":
+                      source=None, **image_kwargs) -> "FlorenceVQAProcessor":
+        """The shipped tokenizer and CLIP-style image settings. `source`: the folder the model's towers came from
+        (`FlorenceForVQA.from_florence`): its saved normalisation is used (a Florence-2 folder's ImageNet mean/std;
+        see `source_normalization`), unless `image_kwargs` set one."""
+        if not {"normalization", "image_mean", "image_std"} & set(image_kwargs):
+            image_kwargs.update(source_normalization(source))
         base = FlorenceProcessor.from_defaults(image_size=image_size, num_frames=num_frames, **image_kwargs)
         return cls(base.image_processor, base.tokenizer, base.video_processor, answer_vocabulary=answer_vocabulary)
 

@@ -123,3 +123,28 @@ def test_post_processing_scores_nms_and_pixel_boxes():
     assert processor.post_process_object_detection(outputs, threshold=0.3, top_k=1)[0]["boxes"].shape == (1, 4)
     normalised = processor.post_process_object_detection(outputs, threshold=0.3)[0]["boxes"][0]
     torch.testing.assert_close(normalised, torch.tensor([0.4, 0.4, 0.6, 0.6]))
+
+
+def test_processor_takes_the_normalisation_of_a_florence2_source_folder(tmp_path):
+    """A detector built on the DaViT of a Florence-2 folder (`from_florence`) must read images normalised as
+    Florence-2 was trained (ImageNet mean/std, saved in the folder's processor config), not with CoSwin's CLIP
+    default; a folder without a saved processor keeps the default, and explicit settings win."""
+    from modeling_florence.image_processing_florence import NORMALIZATIONS
+
+    folder = tmp_path / "florence2"
+    mf.FlorenceGenerationProcessor.from_defaults(image_size=64, image_seq_length=5).save_pretrained(folder)
+    config = tiny_detection_config()
+    processor = mf.FlorenceDetectionImageProcessor.from_detection_config(config, source=folder)
+    assert processor.normalization == "imagenet"
+    np.testing.assert_allclose(processor.image_mean, NORMALIZATIONS["imagenet"][0])
+    np.testing.assert_allclose(processor.image_std, NORMALIZATIONS["imagenet"][1])
+    image = Image.new("RGB", (40, 32), (120, 60, 200))
+    expected = mf.FlorenceDetectionImageProcessor.from_detection_config(config, normalization="imagenet")(image)
+    torch.testing.assert_close(processor(image)["pixel_values"], expected["pixel_values"])
+
+    (tmp_path / "bare").mkdir()
+    for source in (None, tmp_path / "bare"):
+        default = mf.FlorenceDetectionImageProcessor.from_detection_config(config, source=source)
+        np.testing.assert_allclose(default.image_mean, NORMALIZATIONS["clip"][0])
+    explicit = mf.FlorenceDetectionImageProcessor.from_detection_config(config, source=folder, normalization="clip")
+    np.testing.assert_allclose(explicit.image_mean, NORMALIZATIONS["clip"][0])

@@ -121,3 +121,32 @@ def test_processor_reads_one_image_and_datasets_columns(processor):
     table = Dataset.from_dict({"image": images(3), "question": ["a?", "b?", "c?"]}).cast_column("image", ImageFeature())
     out = processor(text=table["question"], images=table["image"])  # `datasets` columns, not lists
     assert out["pixel_values"].shape[0] == 3
+
+
+def test_from_defaults_takes_the_normalisation_of_the_source_folder(tmp_path):
+    """The VQA processor of a model whose towers come from a folder (`FlorenceForVQA.from_florence`) normalises
+    images with that folder's saved mean/std (Florence-2: ImageNet's, in `preprocessor_config.json` or nested in
+    `processor_config.json`), not CoSwin's CLIP default."""
+    import json
+
+    from modeling_florence.image_processing_florence import NORMALIZATIONS, source_normalization
+
+    imagenet_mean, imagenet_std = NORMALIZATIONS["imagenet"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": imagenet_mean, "image_std": imagenet_std})
+    )
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "processor_config.json").write_text(
+        json.dumps({"image_processor": {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}})
+    )
+    assert source_normalization(tmp_path / "a") == {"normalization": "imagenet"}
+    assert source_normalization(tmp_path / "b") == {"image_mean": [0.5] * 3, "image_std": [0.25] * 3}
+    assert source_normalization(tmp_path) == {} and source_normalization("no/such/folder") == {}
+    vqa = mf.FlorenceVQAProcessor.from_defaults(image_size=32, source=tmp_path / "a")
+    assert list(vqa.image_processor.image_mean) == pytest.approx(imagenet_mean)
+    assert list(vqa.image_processor.image_std) == pytest.approx(imagenet_std)
+    custom = mf.FlorenceVQAProcessor.from_defaults(image_size=32, source=str(tmp_path / "b"))
+    assert list(custom.image_processor.image_mean) == pytest.approx([0.5] * 3)
+    default = mf.FlorenceVQAProcessor.from_defaults(image_size=32)
+    assert list(default.image_processor.image_mean) == pytest.approx(NORMALIZATIONS["clip"][0])
