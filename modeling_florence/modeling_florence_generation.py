@@ -348,7 +348,6 @@ def load_davit(source) -> "FlorenceDaViTBackbone | None":
     return FlorenceDaViTBackbone.from_pretrained(source)
 
 
-
 def load_two_tower(source, role: str = ""):
     """A two-tower `FlorenceModel` given as a model or as a folder / Hub name (loaded), checked to hold both towers
     and the text projection; `role` names it in the error (e.g. " as text_source")."""
@@ -373,6 +372,7 @@ def load_tower_sources(source, text_source=None) -> tuple:
     if davit is not None:
         return davit, davit.config, text
     return florence.vision_model, florence.config.vision_config, text
+
 
 __all__ = [
     "FlorenceDaViTBackbone",
