@@ -38,6 +38,12 @@ class FlorenceGenerationConfig(PreTrainedConfig):
             cosine temporal table). A DaViT tower reads these from its `vision_config`, as Transformers does.
         vision_feature_stages: CoSwin stages (1-based, ascending, ending with the last) whose tokens enter the
             encoder; None: the last stage only. Earlier stages go through a LayerNorm + Linear to the last width.
+        image_feature_norm: CoSwin only: standardise each stage's map per channel with batch statistics
+            (`BatchNorm2d` without affine; running statistics at evaluation) before the projector, and leave out the
+            cosine temporal embedding (a constant for one image). The tower's maps share a large per-channel mean,
+            and its last stage ends in a LayerNorm at the scale of that constant: without it the image tokens of
+            different images are nearly alike and a new language model learns to ignore them.
+            `FlorenceForConditionalGeneration.from_florence` sets it; False keeps Transformers' projector.
     """
 
     model_type = "florence_generation"
@@ -53,6 +59,7 @@ class FlorenceGenerationConfig(PreTrainedConfig):
     max_position_embeddings: int = 50
     max_temporal_embeddings: int = 100
     vision_feature_stages: list[int] | None = None
+    image_feature_norm: bool = False
     is_encoder_decoder: bool = True
     tie_word_embeddings: bool = True
 
@@ -98,6 +105,8 @@ class FlorenceGenerationConfig(PreTrainedConfig):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.vision_tower == "davit":
+            if self.image_feature_norm:
+                raise ValueError("image_feature_norm is for the CoSwin tower; the DaViT projector is Transformers'")
             if self.vision_feature_stages is not None:
                 raise ValueError("vision_feature_stages is for the CoSwin tower; the DaViT tower gives its last stage")
             if self.vision_config.projection_dim != self.text_config.d_model:

@@ -32,6 +32,7 @@ from transformers.models.florence2.modeling_florence2 import (
     Florence2Seq2SeqModelOutput,
     Florence2VisionBackbone,
     Florence2VisionPreTrainedModel,
+    shift_tokens_right,
 )
 
 from .configuration_florence_generation import FlorenceDaViTConfig, FlorenceGenerationConfig, davit_backbone_config
@@ -59,18 +60,27 @@ class FlorenceGenerationProjector(Florence2MultiModalProjector):
 
     One map (DaViT, or CoSwin's last stage) is exactly Transformers' forward. Several maps (CoSwin
     `vision_feature_stages`): earlier ones are first projected to the last width, each gets its own 2-D positions,
-    and their tokens are concatenated before the temporal embedding and the mean token."""
+    and their tokens are concatenated before the temporal embedding and the mean token. With `image_feature_norm`
+    (CoSwin) each map is first standardised per channel (`feature_norms`) and the constant temporal embedding is
+    left out."""
 
     def __init__(self, config: FlorenceGenerationConfig):
         super().__init__(SimpleNamespace(vision_config=SimpleNamespace(**config.projector_dims())))
         self.max_grid = config.projector_dims()["max_position_embeddings"]
-        self.stage_projections = None
-        if config.vision_tower == "coswin" and len(config.image_feature_stages) > 1:
-            dims, width = config.vision_config.stage_dims, config.vision_config.hidden_size
+        self.stage_projections = self.feature_norms = None
+        if config.vision_tower != "coswin":
+            return
+        stages, width = config.image_feature_stages, config.vision_config.hidden_size
+        dims = [config.vision_config.stage_dims[stage - 1] for stage in stages[:-1]] + [width]
+        if len(stages) > 1:
             eps = config.vision_config.layer_norm_eps
             self.stage_projections = nn.ModuleDict({
-                f"stage{stage}": FlorenceGenerationStageProjection(dims[stage - 1], width, eps)
-                for stage in config.image_feature_stages[:-1]
+                f"stage{stage}": FlorenceGenerationStageProjection(dim, width, eps)
+                for stage, dim in zip(stages[:-1], dims)
+            })
+        if config.image_feature_norm:
+            self.feature_norms = nn.ModuleDict({
+                f"stage{stage}": nn.BatchNorm2d(dim, affine=False) for stage, dim in zip(stages, dims)
             })
 
     def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
@@ -81,14 +91,27 @@ class FlorenceGenerationProjector(Florence2MultiModalProjector):
                     f"projector's 2-D position table ({self.max_grid} per side, max_position_embeddings): use smaller "
                     "images or a later first stage in vision_feature_stages"
                 )
-        if len(feature_maps) == 1:
+        if self.feature_norms is not None:
+            feature_maps = [norm(fm) for norm, fm in zip(self.feature_norms.values(), feature_maps)]
+        elif len(feature_maps) == 1:
             return super().forward(feature_maps[0])
-        maps = [projection(fm) for projection, fm in zip(self.stage_projections.values(), feature_maps)]
+        projections = self.stage_projections.values() if self.stage_projections is not None else []
+        maps = [projection(fm) for projection, fm in zip(projections, feature_maps)]
         maps.append(feature_maps[-1])
         tokens = torch.cat([(fm + self.image_position_embed(fm)).flatten(2).transpose(1, 2) for fm in maps], dim=1)
-        visual_tokens = (tokens + self.visual_temporal_embed(tokens[:, :1, :]).unsqueeze(1)).unsqueeze(1)
-        image_features = torch.cat([visual_tokens.mean(dim=2), visual_tokens.mean(dim=1)], dim=1)
+        if self.feature_norms is None:  # Transformers' temporal embedding of frame 0, the same for every token
+            tokens = tokens + self.visual_temporal_embed(tokens[:, :1, :]).unsqueeze(1)
+        image_features = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
         return self.image_proj_norm(self.image_projection(image_features))
+
+
+def init_unit_scale_projector_(projector: FlorenceGenerationProjector) -> None:
+    """A new projector over standardised maps (`image_feature_norm`): earlier stages' Linear layers keep their
+    tokens at the unit scale of the last stage's (std 1/sqrt(fan-in), not the language model's 0.02)."""
+    with torch.no_grad():
+        for projection in (projector.stage_projections or {}).values():
+            projection.dense.weight.normal_(0.0, projection.dense.in_features ** -0.5)
+            projection.dense.bias.zero_()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -163,12 +186,15 @@ class FlorenceGenerationPreTrainedModel(Florence2PreTrainedModel):
         start from their init. `text_config` (dict or config) sizes the language model (default: `BartConfig()`'s);
         `config_kwargs` set `image_token_id`, `vision_feature_stages`, `max_position_embeddings`, ..."""
         tower = load_coswin(florence_model_or_folder)
+        config_kwargs.setdefault("image_feature_norm", True)
         config = FlorenceGenerationConfig(
             vision_tower="coswin", vision_config=tower.config.to_dict(), text_config=text_config, **config_kwargs
         )
         model = cls(config)
         base = model if isinstance(model, FlorenceGenerationModel) else model.model
         base.vision_tower.load_state_dict(tower.state_dict())
+        if config.image_feature_norm:
+            init_unit_scale_projector_(base.multi_modal_projector)
         return model
 
 
@@ -213,6 +239,35 @@ class FlorenceForConditionalGeneration(FlorenceGenerationPreTrainedModel, Floren
 
     def num_image_tokens(self, height: int, width: int) -> int:
         return self.model.num_image_tokens(height, width)
+
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, decoder_input_ids=None,
+                decoder_attention_mask=None, encoder_outputs=None, past_key_values=None, inputs_embeds=None,
+                decoder_inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        """Transformers' forward; in training mode with `labels`, the LM head scores only the labelled positions
+        (the same loss, without the logits of padding: most of a multi-task batch's label positions are padding,
+        and the head over the whole vocabulary is most of a small model's step), and `logits` is None."""
+        inputs = dict(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                      decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                      encoder_outputs=encoder_outputs, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                      decoder_inputs_embeds=decoder_inputs_embeds)
+        if labels is None or not self.training or encoder_outputs is not None:
+            return super().forward(**inputs, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+                                   **kwargs)
+        text = self.config.text_config
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            inputs["decoder_input_ids"] = shift_tokens_right(labels, text.pad_token_id, text.decoder_start_token_id)
+        outputs = self.model(**inputs, use_cache=False, **kwargs)
+        labelled = labels != -100
+        kept = labels[labelled][None]
+        logits = self.lm_head(outputs.last_hidden_state[labelled])[None]
+        loss = self.loss_function(logits=logits, labels=kept, vocab_size=text.vocab_size, shift_labels=kept, **kwargs)
+        return Florence2Seq2SeqLMOutput(
+            loss=loss, logits=None, decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions, cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states, encoder_attentions=outputs.encoder_attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
 
     def max_decoder_length(self) -> int:
         """Longest sequence the decoder can write (its learned position table)."""

@@ -34,11 +34,13 @@ from .training_florence import require_columns
 # The prompt a row's parse uses for its task ("<VQA>" rows are bare questions: their answers are plain text).
 PARSE_TASK = {"<VQA>": "<CAPTION>"}
 # The tiny encoder-decoder of `make demo-generation` (d_model = florence-tiny's text width, so the CLIP token table
-# of the pretrained text tower initialises the word rows).
+# of the pretrained text tower initialises the word rows). init_std = d_model ** -0.5, not BART's 0.02 (sized for
+# d_model 1024): at 0.02 a 128-wide layer has a gain of ~0.23, the cross-attention's value path ~0.05, and the decoder
+# trained as an unconditional language model, ignoring its prompt and image for hundreds of steps.
 TINY_TEXT_CONFIG = dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                         decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
                         max_position_embeddings=256, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                        scale_embedding=False)
+                        scale_embedding=False, init_std=128 ** -0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

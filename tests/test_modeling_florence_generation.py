@@ -159,6 +159,26 @@ def test_coswin_tower_trains_and_generates_with_multi_stage_tokens():
         davit_config(vision_feature_stages=[2])
 
 
+def test_training_loss_scores_labelled_positions_only_and_image_maps_are_standardised():
+    torch.manual_seed(6)
+    model = FlorenceForConditionalGeneration.from_florence(florence_two_tower(), text_config=TEXT,
+                                                           image_token_id=IMAGE_ID, vision_feature_stages=[2, 3])
+    projector = model.model.multi_modal_projector
+    assert model.config.image_feature_norm and set(projector.feature_norms) == {"stage2", "stage3"}
+    batch = inputs(model, batch=2)
+    labels = torch.tensor([[0, 5, 6, 2, -100], [0, 8, 2, -100, -100]])
+    model.eval()  # the running statistics of the standardisation, so both modes see the same image tokens
+    full = model(**batch, labels=labels)
+    model.train()
+    for norm in projector.feature_norms.values():
+        norm.eval()
+    sparse = model(**batch, labels=labels)
+    assert sparse.logits is None and full.logits.shape[:2] == labels.shape
+    torch.testing.assert_close(sparse.loss, full.loss)
+    with pytest.raises(ValueError, match="image_feature_norm is for the CoSwin tower"):
+        davit_config(image_feature_norm=True)
+
+
 def test_batched_generation_with_padded_prompts_matches_single_prompts():
     torch.manual_seed(5)
     model = FlorenceForConditionalGeneration(davit_config()).eval()
