@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.backbone_utils import BackboneMixin
@@ -92,7 +93,7 @@ class FlorenceGenerationProjector(Florence2MultiModalProjector):
                     "images or a later first stage in vision_feature_stages"
                 )
         if self.feature_norms is not None:
-            feature_maps = [norm(fm) for norm, fm in zip(self.feature_norms.values(), feature_maps)]
+            feature_maps = [standardize(norm, fm) for norm, fm in zip(self.feature_norms.values(), feature_maps)]
         elif len(feature_maps) == 1:
             return super().forward(feature_maps[0])
         projections = self.stage_projections.values() if self.stage_projections is not None else []
@@ -103,6 +104,15 @@ class FlorenceGenerationProjector(Florence2MultiModalProjector):
             tokens = tokens + self.visual_temporal_embed(tokens[:, :1, :]).unsqueeze(1)
         image_features = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
         return self.image_proj_norm(self.image_projection(image_features))
+
+
+def standardize(norm: nn.BatchNorm2d, feature_map: torch.Tensor) -> torch.Tensor:
+    """`norm(feature_map)`, except that a training batch holding one value per channel (batch 1 on a 1x1 map), which
+    has no batch statistics, uses the running ones as evaluation does."""
+    single = feature_map.shape[0] * feature_map.shape[2] * feature_map.shape[3] == 1
+    if not norm.training or not single:
+        return norm(feature_map)
+    return F.batch_norm(feature_map, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
 
 
 def init_unit_scale_projector_(projector: FlorenceGenerationProjector) -> None:

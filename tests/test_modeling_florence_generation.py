@@ -13,6 +13,7 @@ from transformers import (
 
 import modeling_florence as mf
 from modeling_florence import FlorenceForConditionalGeneration, FlorenceGenerationConfig, FlorenceGenerationModel
+from modeling_florence.modeling_florence_generation import standardize
 
 VOCAB, IMAGE_ID = 120, 119
 TEXT = dict(
@@ -175,6 +176,10 @@ def test_training_loss_scores_labelled_positions_only_and_image_maps_are_standar
     sparse = model(**batch, labels=labels)
     assert sparse.logits is None and full.logits.shape[:2] == labels.shape
     torch.testing.assert_close(sparse.loss, full.loss)
+    projector.train()  # a batch of one image on a 1x1 map has no batch statistics: the running ones are used
+    single = torch.randn(1, projector.feature_norms["stage3"].num_features, 1, 1)
+    torch.testing.assert_close(standardize(projector.feature_norms["stage3"], single),
+                               projector.feature_norms["stage3"].eval()(single))
     with pytest.raises(ValueError, match="image_feature_norm is for the CoSwin tower"):
         davit_config(image_feature_norm=True)
 
