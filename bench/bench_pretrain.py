@@ -194,19 +194,22 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    demo_size = Recipe.from_file(DEMO_RECIPE).model_config().vision_config.image_size
+    recipe = Recipe.from_file(DEMO_RECIPE)
+    demo_size = recipe.model_config().vision_config.image_size
+    stage_sizes = sorted({stage.image_size or demo_size for stage in recipe.stages})  # the demo trains at each
     if "data" in args.only:
         bench_data(demo_size, args.tiny_batch, args.repeats)
     if "precision" in args.only:
         for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
-            bench_precision(demo_size, args.tiny_batch, args.repeats, device)
+            for size in stage_sizes:
+                bench_precision(size, args.tiny_batch, args.repeats, device)
     if "peers" in args.only:
         # Transformers' SwinModel fails when a stage is smaller than the window (the demo's last stages are), so the
         # comparison with it runs florence-tiny at 128 px, where every stage holds a whole window.
         bench_step("florence-tiny", args.tiny_batch // 4, args.repeats, image_size=128)
         bench_step("florence-base", args.base_batch, max(2, args.repeats // 2))
     if "profile" in args.only:
-        profile_tiny(demo_size, args.tiny_batch, args.repeats)
+        profile_tiny(stage_sizes[0], args.tiny_batch, args.repeats)
     if "accuracy" in args.only:
         time_to_accuracy(args.demo_metrics)
 
