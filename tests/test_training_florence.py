@@ -1,10 +1,11 @@
 """The shared training module (`training_florence`) and what every task's script takes from it: checked optimizer
 groups, quiet CPU / multi-process defaults, one flag style with aliases, and script arguments refused before any
-training when they would train the wrong way (run as subprocesses: tests never import example scripts)."""
+training when they would train the wrong way (each script run as `__main__` in this process: tests never import
+example scripts as modules)."""
 
 import json
 import os
-import subprocess
+import runpy
 import sys
 import warnings
 from pathlib import Path
@@ -100,10 +101,20 @@ def test_require_columns_names_what_is_missing():
         require_columns(["image"], ("image", "label"), "classification")
 
 
-def run_script(*argv, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / "examples" / argv[0]), *argv[1:]], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=cwd or REPO)
+def refused_in_process(monkeypatch, script: str, *argv: str) -> int:
+    """The exit code of `examples/<script> argv...` run as `__main__` in this interpreter (its imports are already
+    loaded here: a refusal test costs milliseconds, not a fresh interpreter's ~10 s of imports). An uncaught error
+    exits 1 with its message on stderr, as the interpreter would."""
+    monkeypatch.setattr(sys, "argv", [str(REPO / "examples" / script), *argv])
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    try:
+        runpy.run_path(str(REPO / "examples" / script), run_name="__main__")
+    except SystemExit as exited:
+        return exited.code
+    except Exception as error:  # noqa: BLE001
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -114,18 +125,20 @@ def run_script(*argv, cwd=None) -> subprocess.CompletedProcess:
     (["finetune_vqa.py", "--learning-rate", "nan"], "--learning-rate must be a finite number"),
     (["finetune_retrieval.py", "--model", "m", "--max_steps", "0"], "--max-steps must not be 0"),
 ])
-def test_scripts_refuse_arguments_that_train_the_wrong_way(tmp_path, argv, message):
+def test_scripts_refuse_arguments_that_train_the_wrong_way(tmp_path, argv, message, monkeypatch, capsys):
     """Each used to exit 0 (gradient ascent, or a step run for `0` steps); now refused before any data is built."""
-    done = run_script(*argv, "--output", str(tmp_path / "out"))
-    assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+    code = refused_in_process(monkeypatch, *argv, "--output", str(tmp_path / "out"))
+    stderr = capsys.readouterr().err
+    assert code != 0 and message in stderr, stderr[-2000:]
     assert not (tmp_path / "out").exists()
 
 
-def test_evaluate_zero_shot_does_not_overwrite_results_silently(tmp_path):
+def test_evaluate_zero_shot_does_not_overwrite_results_silently(tmp_path, monkeypatch, capsys):
     """A fine-tuning run's `eval_results.json` in the model folder is kept unless `--overwrite` (or `--output`)."""
     (tmp_path / "eval_results.json").write_text(json.dumps({"top1": 91.0}))
-    done = run_script("evaluate_zero_shot.py", "--model", str(tmp_path))
-    assert done.returncode != 0 and "eval_results.json exists" in done.stderr and "--overwrite" in done.stderr
+    code = refused_in_process(monkeypatch, "evaluate_zero_shot.py", "--model", str(tmp_path))
+    stderr = capsys.readouterr().err
+    assert code != 0 and "eval_results.json exists" in stderr and "--overwrite" in stderr
     assert json.loads((tmp_path / "eval_results.json").read_text()) == {"top1": 91.0}
 
 
