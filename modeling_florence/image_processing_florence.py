@@ -93,6 +93,10 @@ def decode_side(size, do_resize: bool) -> int | None:
     return max(sides) if sides else None
 
 
+def _same_values(values: list[float], known: list[float]) -> bool:
+    return len(values) == len(known) and all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(values, known))
+
+
 def source_normalization(source) -> dict:
     """The image normalisation saved with a model folder, as processor keyword arguments: `{"normalization": name}`
     when it is one of `NORMALIZATIONS`, else `{"image_mean": ..., "image_std": ...}`; `{}` when `source` is not a
@@ -113,8 +117,7 @@ def source_normalization(source) -> dict:
             continue
         mean, std = [float(v) for v in saved["image_mean"]], [float(v) for v in saved["image_std"]]
         for normalization, (known_mean, known_std) in NORMALIZATIONS.items():
-            known = known_mean + known_std
-            if len(mean + std) == len(known) and all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(mean + std, known)):
+            if _same_values(mean + std, known_mean + known_std):
                 return {"normalization": normalization}
         return {"image_mean": mean, "image_std": std}
     return {}

@@ -355,11 +355,9 @@ def encode_pairs(model, pixel_values, input_ids, attention_mask, position_ids, o
 
 
 def nested_to_tuple(output: ModelOutput) -> tuple[Any]:
-    """`to_tuple` of a two-tower output: the towers' outputs become tuples too (as Transformers' `CLIPOutput`)."""
-    return tuple(
-        output[k] if k not in ("text_model_output", "vision_model_output") else getattr(output, k).to_tuple()
-        for k in output.keys()
-    )
+    """`to_tuple` that turns nested model outputs (the towers' or the fusion streams') into tuples too, as
+    Transformers' `CLIPOutput.to_tuple` does."""
+    return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in output.values())
 
 
 def two_tower_output_class(name: str, noun: str, vision_output_class: type, doc: str, module: str) -> type:

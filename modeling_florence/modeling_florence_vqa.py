@@ -41,17 +41,12 @@ from .modeling_coswin import (
     init_linear_or_layer_norm,
     resolve_output_flags,
 )
-from .modeling_florence import FlorenceAttention, FlorenceTextModel
+from .modeling_florence import FlorenceAttention, FlorenceTextModel, nested_to_tuple
 from .modeling_florence_generation import DAVIT_LAYER_NORM_EPS, FlorenceDaViTBackbone, load_tower_sources
 
 # Temperature of the in-batch image-text similarities from which hard ITM negatives are drawn (ALBEF's 0.07).
 HARD_NEGATIVE_TEMPERATURE = 0.07
 TEXT_TOKEN_TYPE, IMAGE_TOKEN_TYPE = 0, 1
-
-
-def _tuple(output: ModelOutput) -> tuple:
-    """`to_tuple` that also turns nested model outputs into tuples (as `CLIPOutput.to_tuple`)."""
-    return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in output.values())
 
 
 @dataclass
@@ -74,7 +69,7 @@ class FlorenceFusionModelOutput(ModelOutput):
     vision_model_output: ModelOutput | None = None
 
     def to_tuple(self) -> tuple[Any]:
-        return _tuple(self)
+        return nested_to_tuple(self)
 
 
 @dataclass
