@@ -11,13 +11,16 @@
   here, and `vision_feature_stages` may add the tokens of earlier stages (as the VQA adapter does).
 
 The `model_type` is `florence_generation`: `florence2` belongs to Transformers.
+
+Presets (see `load_preset`): ``florence2-base`` and ``florence2-large`` (the published checkpoints' shapes on the
+DaViT tower) and ``florence-generation-tiny`` (the CoSwin model of `make demo-generation`).
 """
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.models.florence2.configuration_florence2 import Florence2VisionConfig
 
-from .configuration_florence import FlorenceVisionConfig, check_feature_stages
+from .configuration_florence import CONFIG_CLASSES, FlorenceVisionConfig, check_feature_stages
 
 VISION_CONFIGS = {"davit": Florence2VisionConfig, "coswin": FlorenceVisionConfig}
 _TOWER_OF_MODEL_TYPE = {config.model_type: tower for tower, config in VISION_CONFIGS.items()}
@@ -189,6 +192,10 @@ def davit_backbone_config(vision_config, out_features: list[str] | None = None) 
     for key in ("model_type", "out_features", "out_indices", "stage_names"):
         vision.pop(key, None)
     return FlorenceDaViTConfig(**vision, out_features=None if out_features is None else list(out_features))
+
+
+# `load_preset("florence2-base")` finds this model type (the presets table lives in configuration_florence).
+CONFIG_CLASSES.setdefault(FlorenceGenerationConfig.model_type, FlorenceGenerationConfig)
 
 
 __all__ = ["FlorenceDaViTConfig", "FlorenceGenerationConfig"]
