@@ -39,6 +39,18 @@ def _check_shapes(x, offset, mask, weight, out_h, out_w) -> int:
     return groups
 
 
+def _channel_chunks(images: int, channels: int) -> int:
+    """Channel chunks S that make `images * S` >= the thread count (a divisor of `channels`; 1 when the images
+    already fill the threads). grid_sample's CPU backward runs its images in parallel and each one serially, so a
+    batch of 1 (detection at 800 x 1333) used one core; sampling channel chunks as separate images (a view of the
+    same memory) computes the same values with every core busy."""
+    threads = torch.get_num_threads()
+    if images >= threads:
+        return 1
+    wanted = -(-threads // images)
+    return next((chunk for chunk in range(wanted, channels + 1) if channels % chunk == 0), 1)
+
+
 def _sampling_grid(offset, height, width, kernel_hw, stride, padding, dilation, groups):
     """grid_sample coordinates `(B * G, K, Ho * Wo, 2)` of the K deformed kernel positions of every output pixel."""
     batch, _, out_h, out_w = offset.shape
@@ -69,8 +81,11 @@ def sampled_deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dil
     groups = _check_shapes(x, offset, mask, weight, out_h, out_w)
     kernel = kh * kw
     grid = _sampling_grid(offset, height, width, (kh, kw), stride, padding, dilation, groups).to(x.dtype)
-    sampled = F.grid_sample(x.reshape(batch * groups, channels // groups, height, width), grid,
-                            mode="bilinear", padding_mode="zeros", align_corners=False)  # (B*G, C/G, K, Ho*Wo)
+    chunks = _channel_chunks(batch * groups, channels // groups)
+    sampled = F.grid_sample(x.reshape(batch * groups * chunks, channels // groups // chunks, height, width),
+                            grid.repeat_interleave(chunks, dim=0) if chunks > 1 else grid,
+                            mode="bilinear", padding_mode="zeros", align_corners=False)  # (B*G*S, C/G/S, K, Ho*Wo)
+    sampled = sampled.view(batch * groups, channels // groups, kernel, out_h * out_w)
     if mask is not None:
         sampled = sampled * mask.reshape(batch * groups, 1, kernel, out_h * out_w).to(x.dtype)
     columns = sampled.reshape(batch, channels * kernel, out_h * out_w)  # (C, K) order = weight's (C, kh, kw)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import deform_conv2d
 
-from modeling_florence.deform_conv_florence import modulated_deform_conv2d, sampled_deform_conv2d
+from modeling_florence.deform_conv_florence import _channel_chunks, modulated_deform_conv2d, sampled_deform_conv2d
 
 # (batch, in, out, height, width, kernel, stride, padding, dilation, offset groups, offset scale in pixels)
 CASES = [
@@ -46,6 +46,29 @@ def test_outputs_and_gradients_equal_torchvision(case):
     for name, want, got in zip(["output", "x", "offset", "mask", "weight", "bias"], expected, actual):
         assert got.shape == want.shape, name
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_channel_chunks_for_more_threads_than_images_equal_torchvision(case, monkeypatch):
+    """With more threads than images the channels are sampled in chunks (grid_sample's CPU backward is parallel over
+    images only): same values and gradients as torchvision."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    batch, channels, groups = case[0], case[1], case[9]
+    chunks = _channel_chunks(batch * groups, channels // groups)
+    assert (channels // groups) % chunks == 0 and (chunks == 1) == (batch * groups >= 8 or chunks * batch * groups < 8)
+    tensors, options = inputs(case)
+    expected = run(deform_conv2d, tensors, options)
+    actual = run(sampled_deform_conv2d, tensors, options)
+    for name, want, got in zip(["output", "x", "offset", "mask", "weight", "bias"], expected, actual):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_channel_chunks(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert _channel_chunks(images=1, channels=256) == 2 and _channel_chunks(images=2, channels=256) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)
+    assert _channel_chunks(images=1, channels=256) == 8  # the first divisor of 256 from 6 up
+    assert _channel_chunks(images=4, channels=256) == 2 and _channel_chunks(images=1, channels=5) == 1
 
 
 def test_offsets_outside_the_map_sample_zero():
