@@ -82,7 +82,7 @@ def trained_detector(tmp_path_factory):
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
     losses = []
-    for _ in range(150):
+    for _ in range(250):
         loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
