@@ -9,6 +9,8 @@ In one process on the same batches:
      then `florence-tiny` (128 px) and `florence-base` (224 px) against Transformers' `VisionTextDualEncoderModel`
      (SwinModel + CLIPTextModel) with the same tower sizes on the same batch;
   3. a phase breakdown of the florence-tiny step and the operators that take most of its time (torch.profiler);
+     then the same step with glibc's initial malloc settings and with `reuse_freed_memory` (what the trainers set),
+     alternating in one process: ms and page faults per step;
   4. time to accuracy: minutes until the demo run's held-out zero-shot top-1 first reached 90%, read from the
      `metrics.csv` of a `make demo` run (`--demo-metrics`; skipped when there is none).
 
@@ -18,6 +20,8 @@ In one process on the same batches:
 import argparse
 import contextlib
 import csv
+import ctypes
+import resource
 import sys
 import time
 from pathlib import Path
@@ -32,6 +36,7 @@ from modeling_florence import FlorenceModel, FlorenceProcessor, load_preset  # n
 from modeling_florence.evaluation_florence import load_templates  # noqa: E402
 from modeling_florence.pretraining_florence import PretrainingData, Recipe, Stage  # noqa: E402
 from modeling_florence.shapes import build_pairs  # noqa: E402
+from modeling_florence.training_florence import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, reuse_freed_memory  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RECIPE = REPO / "configuration" / "recipe-unicl-tiny.json"
@@ -162,6 +167,38 @@ def profile_tiny(image_size: int, batch_size: int, repeats: int) -> None:
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
 
 
+def bench_allocator(image_size: int, batch_size: int, repeats: int) -> None:
+    """The florence-tiny step with glibc's initial malloc settings (128 KiB mmap and trim thresholds) and with
+    `reuse_freed_memory`, switched back and forth in one process (mallopt applies to later allocations)."""
+    if not reuse_freed_memory():
+        print("\nAllocator: not glibc, nothing to compare")
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    settings = {"glibc initial": lambda: (libc.mallopt(M_MMAP_THRESHOLD, 128 << 10),
+                                          libc.mallopt(M_TRIM_THRESHOLD, 128 << 10), libc.malloc_trim(0)),
+                "reuse_freed_memory": reuse_freed_memory}
+    torch.manual_seed(0)
+    model = FlorenceModel(load_preset("florence-tiny", vision_config={"image_size": image_size}))
+    step = train_step(model, endless_batches(pretraining_data(image_size, batch_size, batch_size * 8)))
+    for _ in range(3):
+        step()
+    seconds, faults = dict.fromkeys(settings, 0.0), dict.fromkeys(settings, 0)
+    for _ in range(repeats):
+        for name, apply in settings.items():
+            apply()
+            step()  # the first step after a switch settles the heap
+            before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            for _ in range(4):
+                step()
+            seconds[name] += (time.perf_counter() - start) / (4 * repeats)
+            faults[name] += (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // (4 * repeats)
+    print(f"\nAllocator, florence-tiny step, batch {batch_size}, {image_size} px, fp32 (alternating, {repeats} x 4 steps)")
+    for name in settings:
+        print(f"  {name:<20} {seconds[name] * 1000:8.1f} ms  {faults[name]:8d} page faults a step")
+    print(f"  ratio glibc initial / reuse_freed_memory = {seconds['glibc initial'] / seconds['reuse_freed_memory']:.2f}x"
+          " (> 1: reusing freed memory is faster)")
+
+
 def time_to_accuracy(metrics: Path, target: float = 90.0) -> None:
     """Minutes (from the start of `train`, data generation included) until zero-shot top-1 first reached `target`."""
     print(f"\nTime to accuracy of the demo recipe ({metrics})")
@@ -189,7 +226,7 @@ def main():
     parser.add_argument("--base-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--demo-metrics", type=Path, default=REPO / "outputs" / "florence-tiny-shapes" / "metrics.csv")
-    parser.add_argument("--only", nargs="*", default=["data", "precision", "peers", "profile", "accuracy"])
+    parser.add_argument("--only", nargs="*", default=["data", "precision", "peers", "profile", "allocator", "accuracy"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -210,6 +247,8 @@ def main():
         bench_step("florence-base", args.base_batch, max(2, args.repeats // 2))
     if "profile" in args.only:
         profile_tiny(stage_sizes[0], args.tiny_batch, args.repeats)
+    if "allocator" in args.only:
+        bench_allocator(stage_sizes[0], args.tiny_batch, args.repeats)
     if "accuracy" in args.only:
         time_to_accuracy(args.demo_metrics)
 

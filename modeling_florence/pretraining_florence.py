@@ -177,6 +177,8 @@ class UniCLCollator:
     positives even when their prompts differ. Each distinct prompt is tokenised once (captions and templated labels
     repeat across steps)."""
 
+    CACHE_LIMIT = 200_000  # distinct prompts kept tokenised (large caption sets: the cache starts over)
+
     def __init__(self, processor, templates: list[str]):
         self.processor, self.templates, self.token_cache = processor, templates, {}
 
@@ -193,14 +195,32 @@ class UniCLCollator:
                                                     **image_kwargs(rows[0]["image_size"]))["pixel_values"]
         return inputs
 
-    def tokenize(self, prompts: list[str]) -> dict:
-        """The processor's padded `input_ids`/`attention_mask`, each distinct prompt tokenised once."""
+    def prompts(self, texts: list[str], is_label: list[bool], prompt_templates: bool) -> set[str]:
+        """Every prompt a stage can draw from these rows: each label in every template (or bare), each caption."""
+        if not prompt_templates:
+            return set(texts)
+        labels = {text for text, label in zip(texts, is_label) if label}
+        captions = {text for text, label in zip(texts, is_label) if not label}
+        return captions | {template.format(label) for label in labels for template in self.templates}
+
+    def prefill(self, prompts: set[str]) -> None:
+        """Tokenise these prompts now, in this process: a `DataLoader` worker forked afterwards starts with them.
+        Otherwise each worker (a new one every stage) would tokenise them batch by batch during its first epoch,
+        taking CPU from the training step's threads: on 2 cores that epoch ran at half speed."""
+        if len(prompts) <= self.CACHE_LIMIT:
+            self.encode(prompts)
+
+    def encode(self, prompts) -> None:
         missing = sorted(set(prompts) - self.token_cache.keys())
         if missing:
-            if len(self.token_cache) > 200_000:  # bounded for large caption sets
+            if len(self.token_cache) + len(missing) > self.CACHE_LIMIT:
                 self.token_cache.clear()
             encoded = self.processor(text=missing, padding=False, return_tensors=None)["input_ids"]
             self.token_cache.update(zip(missing, encoded))
+
+    def tokenize(self, prompts: list[str]) -> dict:
+        """The processor's padded `input_ids`/`attention_mask`, each distinct prompt tokenised once."""
+        self.encode(prompts)
         rows = [self.token_cache[prompt] for prompt in prompts]
         input_ids = torch.full((len(rows), max(map(len, rows))), self.processor.tokenizer.pad_token_id)
         attention_mask = torch.zeros_like(input_ids)
@@ -230,6 +250,7 @@ class PretrainingData:
             return torch.utils.data.DataLoader(rows, batch_size=self.recipe.batch_size, **options)
         if self.recipe.cache_images:
             self.rows.cache(stage.image_size)
+        self.collate.prefill(self.collate.prompts(self.rows.texts, self.rows.is_label, stage.prompt_templates))
         sampler = StepSampler(len(self.rows), self.recipe, stage, start, stop, self.num_templates)
         return torch.utils.data.DataLoader(self.rows, batch_sampler=sampler, **options)
 
