@@ -2,7 +2,7 @@
 whose python runs this script (`make install` calls it).
 
 uv installs first when it can: it downloads and unpacks wheels in parallel, so the 5.5 GB of torch's CUDA build and
-the rest install in about 35 s from a cold cache on 2 cores, where pip takes about 165 s. uv does not read pip's
+the rest install in about 50-80 s from a cold cache on 2 cores, where pip took about 165 s. uv does not read pip's
 configuration, so pip's indexes, find-links, constraints and certificate are passed on to it, and it considers every
 index as pip does. When uv cannot be installed or fails, pip installs everything as before.
 
@@ -47,31 +47,28 @@ def run(command: list[str], **kwargs) -> bool:
     return subprocess.run(command, **kwargs).returncode == 0
 
 
-def install_with_uv(requirements: list[str]) -> bool:
+def install_with_uv(torch_pins: list[str], package: list[str]) -> bool:
     if not run([sys.executable, "-m", "pip", "install", "--quiet", "uv"]):
         return False
     uv = Path(sys.executable).parent / "uv"
     settings = pip_settings()
     environment = {**os.environ, "SSL_CERT_FILE": settings["cert"][0]} if settings.get("cert") else None
     return run([str(uv), "pip", "install", "--quiet", "--python", sys.executable, *uv_options(settings),
-                "--upgrade-package", "pip", "pip",
-                *requirements], env=environment)
+                "--upgrade-package", "pip", "pip", *torch_pins, *package], env=environment)
 
 
-def install_with_pip(requirements: list[str]) -> bool:
+def install_with_pip(torch_pins: list[str], package: list[str]) -> bool:
     pip = [sys.executable, "-m", "pip", "install", "--quiet"]
-    torch_pins = [requirement for requirement in requirements if requirement.startswith(("torch==", "torchvision=="))]
-    rest = [requirement for requirement in requirements if requirement not in torch_pins]
-    return run(pip + ["--upgrade", "pip"]) and run(pip + torch_pins) and run(pip + rest)
+    return run(pip + ["--upgrade", "pip"]) and run(pip + torch_pins) and run(pip + package)
 
 
 def main() -> int:
     torch_pin, torchvision_pin, transformers_pin = sys.argv[1:4]
-    requirements = [torch_pin, torchvision_pin, "-e", ".[dev]", transformers_pin]
-    if install_with_uv(requirements):
+    torch_pins, package = [torch_pin, torchvision_pin], ["-e", ".[dev]", transformers_pin]
+    if install_with_uv(torch_pins, package):
         return 0
     print("uv could not install the environment; installing with pip", flush=True)
-    return 0 if install_with_pip(requirements) else 1
+    return 0 if install_with_pip(torch_pins, package) else 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ In one process on the same batches:
 import argparse
 import contextlib
 import csv
-import ctypes
 import resource
 import sys
 import time
@@ -36,7 +35,8 @@ from modeling_florence import FlorenceModel, FlorenceProcessor, load_preset  # n
 from modeling_florence.evaluation_florence import load_templates  # noqa: E402
 from modeling_florence.pretraining_florence import PretrainingData, Recipe, Stage  # noqa: E402
 from modeling_florence.shapes import build_pairs  # noqa: E402
-from modeling_florence.training_florence import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, reuse_freed_memory  # noqa: E402
+from modeling_florence.training_florence import (  # noqa: E402
+    M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, glibc, reuse_freed_memory)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RECIPE = REPO / "configuration" / "recipe-unicl-tiny.json"
@@ -170,10 +170,10 @@ def profile_tiny(image_size: int, batch_size: int, repeats: int) -> None:
 def bench_allocator(image_size: int, batch_size: int, repeats: int) -> None:
     """The florence-tiny step with glibc's initial malloc settings (128 KiB mmap and trim thresholds) and with
     `reuse_freed_memory`, switched back and forth in one process (mallopt applies to later allocations)."""
-    if not reuse_freed_memory():
+    libc = glibc()
+    if libc is None:
         print("\nAllocator: not glibc, nothing to compare")
         return
-    libc = ctypes.CDLL("libc.so.6")
     settings = {"glibc initial": lambda: (libc.mallopt(M_MMAP_THRESHOLD, 128 << 10),
                                           libc.mallopt(M_TRIM_THRESHOLD, 128 << 10), libc.malloc_trim(0)),
                 "reuse_freed_memory": reuse_freed_memory}
@@ -192,11 +192,12 @@ def bench_allocator(image_size: int, batch_size: int, repeats: int) -> None:
                 step()
             seconds[name] += (time.perf_counter() - start) / (4 * repeats)
             faults[name] += (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // (4 * repeats)
-    print(f"\nAllocator, florence-tiny step, batch {batch_size}, {image_size} px, fp32 (alternating, {repeats} x 4 steps)")
+    print(f"\nAllocator, florence-tiny step, batch {batch_size}, {image_size} px, fp32 "
+          f"(alternating, {repeats} x 4 steps)")
     for name in settings:
         print(f"  {name:<20} {seconds[name] * 1000:8.1f} ms  {faults[name]:8d} page faults a step")
-    print(f"  ratio glibc initial / reuse_freed_memory = {seconds['glibc initial'] / seconds['reuse_freed_memory']:.2f}x"
-          " (> 1: reusing freed memory is faster)")
+    ratio = seconds["glibc initial"] / seconds["reuse_freed_memory"]
+    print(f"  ratio glibc initial / reuse_freed_memory = {ratio:.2f}x (> 1: reusing freed memory is faster)")
 
 
 def time_to_accuracy(metrics: Path, target: float = 90.0) -> None:
@@ -226,7 +227,8 @@ def main():
     parser.add_argument("--base-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--demo-metrics", type=Path, default=REPO / "outputs" / "florence-tiny-shapes" / "metrics.csv")
-    parser.add_argument("--only", nargs="*", default=["data", "precision", "peers", "profile", "allocator", "accuracy"])
+    parser.add_argument("--only", nargs="*",
+                        default=["data", "precision", "peers", "profile", "allocator", "accuracy"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -32,7 +32,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .model_card import write_model_card
 from .evaluation_florence import format_table, image_text_retrieval, zero_shot_classification
-from .training_florence import bf16_on_this_cpu, fused_adamw, process_threads, reuse_freed_memory  # noqa: F401
+from .training_florence import bf16_on_this_cpu, fused_adamw, process_threads  # noqa: F401  (old import paths kept)
+from .training_florence import reuse_freed_memory
 from .modeling_florence import FlorenceModel
 from .processing_florence import FlorenceProcessor, text_labels
 from .recipe_florence import DATA_LOADERS, MIXED_PRECISION, Recipe, ShapesData, Stage, check_data
